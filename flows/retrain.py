@@ -1,0 +1,122 @@
+"""The Prefect flow: orders the stage tasks; each task only calls pipelines.runner.
+
+Caching: a task's cache key is its stage fingerprint (params sections + input contents + code, the same facts
+dvc.yaml lists). A cached result is only used when the outputs on disk were produced under that same key (a
+stamp file); otherwise the task runs with refresh_cache, so a cached summary never stands in for outputs that
+a run with other inputs has since overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
+from pipelines.errors import NlpopsError
+from pipelines.runner import STAGE_RUNNERS, stage_fingerprint, stage_outputs_exist
+
+STAGE_ORDER = ("validate", "clean", "tokenise", "train", "evaluate", "export", "register")
+# Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
+RETRIES = {"register": 3, "evaluate": 2}
+
+
+def _stamp_path(params: Params, stage: str) -> Path:
+    return Path(params.project.state_dir) / "stamps" / f"{stage}.json"
+
+
+def _cache_key(stage: str):  # noqa: ANN202 - Prefect's callable type
+    def key(context: Any, parameters: dict[str, Any]) -> str:
+        return f"nlpops-{stage}-{parameters['fingerprint']}"
+
+    return key
+
+
+def outputs_current(params: Params, stage: str, fingerprint: str) -> bool:
+    """True when the outputs on disk were produced by a run with this exact fingerprint."""
+    stamp = _stamp_path(params, stage)
+    if not stage_outputs_exist(params, stage) or not stamp.is_file():
+        return False
+    return json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+
+
+def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    try:
+        exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - unreadable state: be conservative and retry
+        return True
+    return not isinstance(exc, NlpopsError)
+
+
+def _make_stage_task(stage: str):  # noqa: ANN202
+    def run_stage(params_data: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+        params = Params.model_validate(params_data)
+        summary = STAGE_RUNNERS[stage](params)
+        stamp = _stamp_path(params, stage)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+        return summary
+
+    run_stage.__name__ = f"{stage}_stage"
+    return task(
+        run_stage,
+        name=stage,
+        cache_key_fn=_cache_key(stage),
+        persist_result=True,
+        retries=RETRIES.get(stage, 0),
+        retry_delay_seconds=[2, 10, 30][: RETRIES.get(stage, 0)] or 0,
+        retry_condition_fn=_retry_transient,
+    )
+
+
+STAGE_TASKS = {stage: _make_stage_task(stage) for stage in STAGE_ORDER}
+
+
+@task(name="champion-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def champion_version(params_data: dict[str, Any]) -> str | None:
+    """The gate compares with the current champion, so the evaluate cache is keyed on its version too."""
+    from pipelines.registry import alias_version
+    from pipelines.tracking import configure_tracking
+
+    params = Params.model_validate(params_data)
+    configure_tracking(params)
+    version = alias_version(params.project.registered_model, params.register_.champion_alias)
+    return version.version if version is not None else None
+
+
+@task(name="dvc-lock", cache_policy=NO_CACHE)
+def sync_dvc_lock() -> str:
+    from pipelines.dvc_sync import commit_dvc_lock
+
+    return commit_dvc_lock()
+
+
+@flow(name="nlpops-retrain", log_prints=False, validate_parameters=False)
+def retrain(
+    params_file: str = DEFAULT_PARAMS_FILE,
+    overrides: list[str] | None = None,
+    sync_dvc: bool = True,
+) -> dict[str, Any]:
+    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register."""
+    params = load_params(params_file, overrides or [])
+    params_data = params.to_dict()
+    states: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    for stage in STAGE_ORDER:
+        extra = {"champion": champion_version(params_data)} if stage == "evaluate" else None
+        fingerprint = stage_fingerprint(params, stage, extra, require_outputs=False)
+        stage_task = STAGE_TASKS[stage]
+        if not outputs_current(params, stage, fingerprint):
+            # Outputs missing or produced under other inputs: run, and store the result under this key.
+            stage_task = stage_task.with_options(refresh_cache=True)
+        state = stage_task(params_data, fingerprint, return_state=True)
+        states[stage] = state.name
+        results[stage] = state.result()  # re-raises the stage's own error
+    # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock
+    # so a following `dvc repro` has nothing to do. Not with --set overrides: those are not in params.yaml.
+    if sync_dvc and not overrides and Path(params_file).resolve() == Path(DEFAULT_PARAMS_FILE).resolve():
+        results["dvc"] = sync_dvc_lock()
+    return {"states": states, "results": results}

@@ -1,0 +1,238 @@
+"""`nlpops`: the whole flow, one command per stage (used by dvc.yaml), prediction and the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
+from pipelines.errors import NlpopsError
+
+app = typer.Typer(
+    name="nlpops",
+    help="Fine-tune pre-trained transformers and carry each model to a registered, audited ONNX artifact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
+data_app = typer.Typer(help="Bring data in under DVC.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (typed, unknown keys rejected).")
+SetOpt = typer.Option(
+    None, "--set", "-S", help="Override a param for this run, e.g. --set train.learning_rate=3e-5 (repeatable)."
+)
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
+
+_verbose = False
+
+
+def _setup(params_file: str, overrides: list[str] | None, verbose: bool) -> Params:
+    global _verbose
+    _verbose = verbose
+    params = load_params(params_file, overrides or [])
+    state = Path(params.project.state_dir).resolve()
+    # Prefect keeps its ephemeral database and cached results with the rest of the project's state.
+    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO" if verbose else "CRITICAL")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from pipelines.tracking import quiet_libraries
+
+    quiet_libraries(verbose)
+    return params
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+def _print_summary(stage: str, summary: dict[str, Any]) -> None:
+    shown = {k: v for k, v in summary.items() if k not in ("history",)}
+    _echo(f"{stage}: " + json.dumps(shown, default=str, indent=None)[:2000])
+
+
+def _stage_command(stage: str):
+    def command(
+        params_file: str = ParamsOpt,
+        overrides: list[str] = SetOpt,
+        verbose: bool = VerboseOpt,
+    ) -> None:
+        from pipelines.runner import STAGE_RUNNERS
+
+        params = _setup(params_file, overrides, verbose)
+        _print_summary(stage, STAGE_RUNNERS[stage](params))
+
+    command.__doc__ = f"Run the {stage} stage alone (what dvc.yaml calls)."
+    return command
+
+
+for _stage, _help in (
+    ("validate", "Validate raw data with the Great Expectations suite built from params."),
+    ("clean", "Normalise text, drop empty/duplicate/conflicting rows, split, map labels."),
+    ("tokenise", "Tokenise the cleaned splits (cached by content hash + tokenizer + max length)."),
+    ("train", "Fine-tune the pre-trained model; per-epoch validation and early stopping."),
+    ("evaluate", "Test metrics, confusion matrix and the champion/challenger gate."),
+    ("export", "Export ONNX and check parity against PyTorch on real test rows."),
+    ("register", "Register the ONNX model as challenger; promote to champion if the gate passed."),
+):
+    app.command(_stage, help=_help)(_stage_command(_stage))
+
+
+@app.command("run")
+def run_flow(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
+    params = _setup(params_file, overrides, verbose)
+    started = time.perf_counter()
+    from flows.retrain import retrain
+
+    result = retrain(params_file=params_file, overrides=overrides or [])
+    _print_run_report(params, result, time.perf_counter() - started)
+
+
+def _print_run_report(params: Params, result: dict[str, Any], seconds: float) -> None:
+    states, res = result["states"], result["results"]
+    cached = [s for s, state in states.items() if state == "Cached"]
+    ev, reg, tr, ex = res["evaluate"], res["register"], res["train"], res["export"]
+    clean = res["clean"]
+    _echo("")
+    _echo(f"nlpops run finished in {seconds:.1f} s" + (f" (cached stages: {', '.join(cached)})" if cached else ""))
+    _echo(f"  data      {params.data.path}: {clean.get('rows_in')} rows in, splits {clean.get('splits')}")
+    _echo(f"  training  best epoch {tr['best_epoch']}/{tr['epochs_run']}, {tr['train_seconds']} s, run {tr['run_id']}")
+    _echo(f"  test      accuracy {ev['accuracy']:.4f}  macro-F1 {ev['macro_f1']:.4f}  ({ev['test_rows']} rows)")
+    gate = ev["gate"]
+    _echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate["reasons"]))
+    _echo(f"  onnx      {ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})")
+    _echo(
+        f"  registry  {reg['name']} v{reg['version']} alias '{params.register_.challenger_alias}'"
+        + (f" and '{params.register_.champion_alias}'" if reg["promoted"] else "")
+        + f"; champion is v{reg['champion']}"
+        if reg["champion"]
+        else "; no champion"
+    )
+    from pipelines.tracking import tracking_uri
+
+    _echo(f"  tracking  {tracking_uri(params)}")
+    if "dvc" in res:
+        _echo(f"  dvc       {res['dvc']}")
+
+
+@app.command("predict")
+def predict(
+    text: str | None = typer.Argument(None, help="Text to classify; omit to read lines from --file or stdin."),
+    pair: str | None = typer.Option(None, "--pair", help="Second text, for sentence-pair models."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="File with one text per line (TAB separates a pair)."),
+    alias: str = typer.Option("champion", "--alias", help="Registry alias to load."),
+    version: str | None = typer.Option(None, "--version", help="Registered version (overrides --alias)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of 'label<TAB>score'."),
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Classify text with the champion's ONNX model (label and score per line)."""
+    from pipelines.predict import load_registered_classifier, split_pairs
+
+    params = _setup(params_file, [], verbose)
+    if text is not None:
+        texts, pairs = [text], [pair] if pair is not None else None
+    else:
+        source = file.read_text(encoding="utf-8") if file else sys.stdin.read()
+        texts, pairs = split_pairs([line for line in source.splitlines() if line.strip()])
+    if not texts:
+        raise NlpopsError("predict: no text given (pass TEXT, --file or lines on stdin)")
+    classifier, label = load_registered_classifier(params, alias=alias, version=version)
+    for i, p in enumerate(classifier.predict(texts, pairs)):
+        if as_json:
+            _echo(json.dumps({"text": texts[i], "label": p["label"], "score": round(p["score"], 6), "model": label}))
+        else:
+            _echo(f"{p['label']}\t{p['score']:.4f}")
+
+
+@models_app.command("list")
+def models_list(params_file: str = ParamsOpt, verbose: bool = VerboseOpt) -> None:
+    """Registered versions with aliases, key metrics and gate result."""
+    from pipelines.registry import list_versions
+    from pipelines.tracking import configure_tracking
+
+    params = _setup(params_file, [], verbose)
+    configure_tracking(params)
+    rows = list_versions(params.project.registered_model)
+    if not rows:
+        _echo(f"no versions of {params.project.registered_model} registered yet")
+    for r in rows:
+        _echo(
+            f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} acc={r.get('accuracy', '-'):<8} "
+            f"f1={r.get('macro_f1', '-'):<8} gate={r.get('gate', '-'):<6} {r['created']}  run={r['run_id']}"
+        )
+
+
+@models_app.command("history")
+def models_history(params_file: str = ParamsOpt, verbose: bool = VerboseOpt) -> None:
+    """Every alias move: when, who, from which version to which, why."""
+    from pipelines.registry import alias_history
+    from pipelines.tracking import configure_tracking
+
+    params = _setup(params_file, [], verbose)
+    configure_tracking(params)
+    for e in alias_history(params.project.registered_model):
+        _echo(f"{e['at']}  {e['alias']:<11} v{e['from'] or '-'} -> v{e['to']}  by {e['by']}: {e['reason']}")
+
+
+@data_app.command("add")
+def data_add(
+    path: Path = typer.Argument(..., help="Data file to version."),
+    dest: Path = typer.Option(Path("data/raw"), "--dest", help="Folder inside the repo."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Copy a data file into data/raw/ and version it with DVC."""
+    global _verbose
+    _verbose = verbose
+    from pipelines.dvc_sync import add_data
+
+    out = add_data(path, dest)
+    _echo(f"{out} is now tracked by DVC ({out}.dvc); commit the .dvc file with git")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except NlpopsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _verbose:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Typed schema of params.yaml.
+
+Every hyper-parameter lives in params.yaml; this module validates it (unknown keys rejected) and applies
+`--set section.key=value` overrides the way `dvc exp run -S` does. Errors name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectConfig(Section):
+    state_dir: str = Field(".nlpops", description="Local state: MLflow SQLite + artifacts, caches, DVC remote.")
+    artifacts_dir: str = Field("artifacts", description="Stage outputs (DVC outs).")
+    experiment: str = Field("nlpops", description="MLflow experiment name.")
+    registered_model: str = Field("nlpops-text-classifier", description="MLflow registered model name.")
+
+
+class DataConfig(Section):
+    path: str = Field(..., description="Raw data file (csv, tsv, jsonl, parquet); split into train/validation/test.")
+    validation_path: str | None = Field(None, description="Optional user-provided validation split.")
+    test_path: str | None = Field(None, description="Optional user-provided test split.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Delimited files: does the first row hold column names? 'auto' checks for the mapped columns.",
+    )
+    column_names: list[str] | None = Field(None, description="Names for a header-less file's columns, in order.")
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="Second text column for sentence-pair tasks.")
+    label_column: str = "label"
+    labels: list[str] | None = Field(None, description="Declared label set (in id order); inferred when empty.")
+    encoding: str = "utf-8"
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> DataConfig:
+        cols = [c for c in (self.text_column, self.text_pair_column, self.label_column) if c]
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"text_column, text_pair_column and label_column must differ (got {cols})")
+        return self
+
+
+class TaskConfig(Section):
+    type: Literal["text_classification"] = Field(
+        "text_classification",
+        description="Task plug-in; pair classification is text_classification + text_pair_column.",
+    )
+
+
+class ValidateConfig(Section):
+    min_rows: int = Field(20, ge=1)
+    min_text_chars: int = Field(1, ge=0)
+    max_text_chars: int = Field(20000, ge=1)
+    max_null_share: float = Field(0.0, ge=0.0, le=1.0, description="Largest share of empty/null text or label allowed.")
+    min_rows_per_class: int = Field(2, ge=1)
+
+
+class CleanConfig(Section):
+    unicode_form: Literal["NFC", "NFKC"] = "NFC"
+    drop_duplicates: bool = True
+    validation_size: float = Field(0.1, gt=0.0, lt=0.5)
+    test_size: float = Field(0.1, gt=0.0, lt=0.5)
+    seed: int = 42
+
+
+class TokeniseConfig(Section):
+    max_length: int = Field(128, ge=8, le=4096)
+    batch_size: int = Field(1000, ge=1, description="Rows per fast-tokenizer call.")
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="Local Hugging Face model folder; empty = bundled all-MiniLM-L6-v2.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Hidden and classifier dropout.")
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="Freeze the first N encoder layers.")
+    train_last_layers: int | None = Field(None, ge=0, description="Train only the last N encoder layers (+ head).")
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = 42
+    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = "macro_f1"
+    early_stopping_patience: int = Field(2, ge=0, description="Epochs without improvement before stopping; 0 = off.")
+    length_grouping: bool = Field(True, description="Group batches by length (less padding, faster).")
+    mega_batch_factor: int = Field(50, ge=1, description="Batches per sorted mega-batch when grouping by length.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
+    max_train_rows: int | None = Field(None, ge=1, description="Use a stratified subset of the training split.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; empty = all cores.")
+
+
+class GateConfig(Section):
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor on the test metric.")
+    min_improvement: float = Field(0.0, description="Required gain over the champion on the same test split.")
+
+
+class ExportConfig(Section):
+    opset: int = Field(17, ge=17, le=23)
+    atol: float = Field(1e-4, gt=0.0, description="Max abs difference allowed between ONNX and PyTorch logits.")
+    parity_rows: int = Field(64, ge=1, description="Real test rows used for the parity check.")
+
+
+class RegisterConfig(Section):
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+
+class Params(Section):
+    project: ProjectConfig = ProjectConfig()
+    data: DataConfig
+    task: TaskConfig = TaskConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    clean: CleanConfig = CleanConfig()
+    tokenise: TokeniseConfig = TokeniseConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One params section as plain data (what a stage depends on)."""
+        return self.to_dict()[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section_hash(self, *names: str) -> str:
+        return stable_hash({n: self.section(n) for n in names})
+
+    def params_hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of canonical JSON: the same data always gives the same hash."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML scalars: 3e-5, true, null, [a, b] behave as they would in params.yaml.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (repeatable), like `dvc exp run -S`."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.learning_rate=3e-5")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if len(keys) < 2 or not all(keys):
+            raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. train.epochs=2")
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = _parse_value(raw)
+    return data
+
+
+def _describe(err: dict[str, Any], params_file: str) -> str:
+    loc = ".".join(str(p).rstrip("_") for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = loc.rsplit(".", 1)[0] if "." in loc else None
+        allowed = ""
+        fields = {name.rstrip("_"): f for name, f in Params.model_fields.items()}
+        if section in fields:
+            allowed = ", ".join(fields[section].annotation.model_fields)  # type: ignore[union-attr]
+        elif section is None:
+            allowed = ", ".join(fields)
+        return f"{params_file}: unknown key '{loc}'" + (f" (allowed: {allowed})" if allowed else "")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{params_file}: {loc}={err.get('input')!r} is not allowed (allowed: {expected})"
+    if kind == "missing":
+        return f"{params_file}: required key '{loc}' is missing"
+    return f"{params_file}: {loc}={err.get('input')!r}: {err['msg']}"
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+    """Read, override and validate params; raises ConfigError with one readable line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        messages = [_describe(e, str(path)) for e in exc.errors()]
+        raise ConfigError("; ".join(messages)) from None

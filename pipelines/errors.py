@@ -1,0 +1,41 @@
+"""One exception type per failure family. The CLI turns any `NlpopsError` into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class NlpopsError(Exception):
+    """Base class for errors a user can fix; never shown with a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(NlpopsError):
+    """params.yaml or a --set override is invalid."""
+
+
+class DataError(NlpopsError):
+    """A data file cannot be read or lacks what the task needs."""
+
+
+class DataValidationError(NlpopsError):
+    """The Great Expectations suite failed on a data batch."""
+
+    def __init__(self, message: str, report_path: str | None = None) -> None:
+        super().__init__(message)
+        self.report_path = report_path
+
+
+class ModelLoadError(NlpopsError):
+    """The pre-trained model folder is missing or unusable."""
+
+
+class ParityError(NlpopsError):
+    """The ONNX model does not reproduce the PyTorch model's outputs."""
+
+
+class RegistryError(NlpopsError):
+    """The MLflow registry refused an operation or holds no such model/alias."""
+
+
+class StageInputError(NlpopsError):
+    """A stage was asked to run before the stage it depends on produced its outputs."""

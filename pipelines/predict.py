@@ -1,0 +1,47 @@
+"""Load a registered model's ONNX export (by alias or version) for prediction, cached locally."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.errors import RegistryError
+
+
+def split_pairs(lines: list[str]) -> tuple[list[str], list[str] | None]:
+    """Lines 'a<TAB>b' are (text, text_pair); plain lines are single texts."""
+    if lines and all("\t" in line for line in lines):
+        first, second = zip(*(line.split("\t", 1) for line in lines), strict=True)
+        return list(first), list(second)
+    return lines, None
+
+
+def load_registered_classifier(params: Params, alias: str = "champion", version: str | None = None) -> tuple[Any, str]:
+    """(OnnxTextClassifier, 'name vN') for the given version or alias; a clear error when there is none."""
+    import mlflow
+
+    from pipelines.registry import alias_version
+    from pipelines.serving import OnnxTextClassifier
+    from pipelines.tracking import configure_tracking
+
+    configure_tracking(params)
+    name = params.project.registered_model
+    if version is None:
+        found = alias_version(name, alias)
+        if found is None:
+            raise RegistryError(f"registry: {name!r} has no version with alias {alias!r}; run `nlpops run` first")
+        version = str(found.version)
+    target = Path(params.project.state_dir) / "cache" / "registered" / name / str(version)
+    if not (target / "serving.json").is_file():
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}")
+        except Exception as exc:
+            raise RegistryError(f"registry: cannot load {name} v{version}: {exc}") from None
+        export = next(Path(local).rglob("serving.json")).parent
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(export, target)
+    return OnnxTextClassifier.from_dir(target), f"{name} v{version}"

@@ -1,0 +1,119 @@
+"""Tokenise the cleaned splits with the model's fast tokenizer, cached by content.
+
+The cache key is the hash of: each cleaned split's bytes, the tokenizer's files, max_length, the task and this
+module's source. An unchanged rerun copies from the cache instead of tokenising again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import TokeniseConfig, stable_hash
+from pipelines.hashing import file_digest, source_digest, tree_digest
+from pipelines.paths import SPLITS
+from pipelines.tasks.base import TaskPlugin
+
+MANIFEST = "manifest.json"
+
+
+def tokenise_cache_key(clean_dir: Path, tokenizer_dir: Path, cfg: TokeniseConfig, task: TaskPlugin) -> str:
+    tokenizer_files = [
+        p for p in sorted(tokenizer_dir.iterdir()) if p.is_file() and ("token" in p.name or p.name.startswith("vocab"))
+    ]
+    return stable_hash(
+        {
+            "splits": {s: file_digest(clean_dir / f"{s}.parquet") for s in SPLITS},
+            "tokenizer": {p.name: file_digest(p) for p in tokenizer_files},
+            "max_length": cfg.max_length,
+            "task": task.name,
+            "code": source_digest("pipelines.tokenise", type(task).__module__),
+        }
+    )
+
+
+def _write_split(columns: dict[str, list], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for name, values in columns.items():
+        if name in ("input_ids", "token_type_ids"):
+            arrays[name] = pa.array(values, type=pa.list_(pa.int32()))
+        else:
+            arrays[name] = pa.array(values, type=pa.int64())
+    pq.write_table(pa.table(arrays), path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def tokenise_splits(
+    clean_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    cache_root: Path,
+    cfg: TokeniseConfig,
+    task: TaskPlugin,
+) -> dict[str, Any]:
+    """Write out_dir/{split}.parquet (+ manifest.json); reuse the content-keyed cache when it holds the result."""
+    import pandas as pd
+
+    from pipelines.pretrained import load_tokenizer
+
+    key = tokenise_cache_key(clean_dir, tokenizer_dir, cfg, task)
+    cache_dir = cache_root / key
+    started = time.perf_counter()
+    cache_hit = (cache_dir / MANIFEST).is_file()
+    if not cache_hit:
+        tokenizer = load_tokenizer(tokenizer_dir)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=cache_root))
+        stats: dict[str, Any] = {}
+        for split in SPLITS:
+            frame = pd.read_parquet(clean_dir / f"{split}.parquet")
+            columns = task.tokenise(tokenizer, frame, cfg.max_length, cfg.batch_size)
+            _write_split(columns, staging / f"{split}.parquet")
+            lengths = columns["length"]
+            stats[split] = {
+                "rows": len(lengths),
+                "tokens": int(sum(lengths)),
+                "max_tokens": int(max(lengths, default=0)),
+                "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 2),
+                "truncated_rows": int(sum(1 for n in lengths if n >= cfg.max_length)),
+            }
+        manifest = {
+            "cache_key": key,
+            "max_length": cfg.max_length,
+            "tokenizer": str(tokenizer_dir),
+            "tokenizer_sha256": tree_digest(tokenizer_dir, "*token*"),
+            "pad_token_id": int(tokenizer.pad_token_id or 0),
+            "splits": stats,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        # Publish atomically so a killed run never leaves a half-written cache entry behind.
+        try:
+            staging.rename(cache_dir)
+        except OSError:  # another run published the same key first
+            shutil.rmtree(staging, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in [*(f"{s}.parquet" for s in SPLITS), MANIFEST]:
+        _link_or_copy(cache_dir / name, out_dir / name)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    return {
+        "cache_key": key,
+        "cache_hit": cache_hit,
+        "seconds": round(time.perf_counter() - started, 3),
+        "splits": manifest["splits"],
+        "pad_token_id": manifest["pad_token_id"],
+    }

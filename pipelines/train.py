@@ -1,0 +1,330 @@
+"""Fine-tune a pre-trained transformer on the tokenised splits.
+
+A plain PyTorch loop rather than `Trainer`: it keeps the length-grouped sampler, early stopping and the
+checkpoint format under our control. Good practice built in: AdamW without decay on biases/LayerNorm, linear
+warm-up then decay, gradient clipping, dropout from params, validation every epoch, early stopping on a chosen
+metric, the best epoch kept as a safetensors checkpoint, optional freezing of embeddings and lower layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import ModelConfig, TrainConfig
+from pipelines.errors import ModelLoadError
+from pipelines.tasks.base import TaskPlugin
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+# Attribute names architectures use for dropout; whichever the config has is set from model.dropout.
+_DROPOUT_ATTRS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, mega_batch_factor: int, seed: int) -> list[list[int]]:
+    """Shuffle, cut into mega-batches, sort each by length, split into batches, then shuffle the batches.
+
+    Rows in a batch have similar lengths (little padding) while the batch order stays random.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    mega = batch_size * mega_batch_factor
+    batches: list[list[int]] = []
+    lengths_arr = np.asarray(lengths)
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(-lengths_arr[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def sequential_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Evaluation order: sorted by length for speed (metrics do not depend on order)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size].tolist()
+
+
+def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:
+    """Deterministic subset of about n rows keeping class proportions (for small-data and quick runs)."""
+    if n >= len(labels):
+        return list(range(len(labels)))
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    chosen: list[int] = []
+    for label in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == label)
+        take = max(1, round(n * len(idx) / len(labels_arr)))
+        chosen.extend(rng.choice(idx, size=min(take, len(idx)), replace=False).tolist())
+    return sorted(chosen)
+
+
+def set_seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encoder_layers(model: Any) -> list[Any]:
+    """The transformer blocks, found generically: the first ModuleList as long as config.num_hidden_layers."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return list(module)
+    return []
+
+
+def apply_freezing(model: Any, cfg: ModelConfig) -> dict[str, int]:
+    """Freeze embeddings and/or lower layers; returns trainable/frozen parameter counts."""
+    layers = encoder_layers(model)
+    if (cfg.freeze_layers or cfg.train_last_layers is not None) and not layers:
+        raise ModelLoadError("model.freeze_layers/train_last_layers: cannot find the encoder layers of this model")
+    if cfg.freeze_layers > len(layers):
+        raise ModelLoadError(f"model.freeze_layers={cfg.freeze_layers} but the model has {len(layers)} layers")
+    frozen_layers = cfg.freeze_layers
+    if cfg.train_last_layers is not None:
+        frozen_layers = max(frozen_layers, len(layers) - cfg.train_last_layers)
+    to_freeze = [layer for layer in layers[:frozen_layers]]
+    if cfg.freeze_embeddings or cfg.train_last_layers is not None:
+        embeddings = getattr(model.base_model, "embeddings", None)
+        if embeddings is not None:
+            to_freeze.append(embeddings)
+    for module in to_freeze:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "frozen_params": total - trainable, "frozen_layers": frozen_layers}
+
+
+def load_pretrained(model_path: Path, task: TaskPlugin, id2label: dict[int, str], cfg: ModelConfig) -> Any:
+    """Pre-trained encoder + a new head sized for our labels; local files only, no remote code."""
+    from transformers import AutoConfig
+
+    from pipelines.pretrained import quiet_transformers
+
+    quiet_transformers()  # the "newly initialized head" notice is expected, not news
+    try:
+        config = AutoConfig.from_pretrained(model_path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path}: cannot read config.json ({exc})") from None
+    config.num_labels = len(id2label)
+    config.id2label = {int(i): name for i, name in id2label.items()}
+    config.label2id = {name: int(i) for i, name in id2label.items()}
+    for attr in _DROPOUT_ATTRS:
+        if hasattr(config, attr):
+            setattr(config, attr, cfg.dropout)
+    try:
+        return task.model_class().from_pretrained(
+            model_path,
+            config=config,
+            local_files_only=True,
+            trust_remote_code=False,
+            ignore_mismatched_sizes=True,  # a folder with a head for other labels still loads its encoder
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path}: cannot load weights ({type(exc).__name__}: {exc})") from None
+
+
+def read_tokenised_split(path: Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pydict()
+
+
+def load_pretrained_checkpoint(model_dir: Path, task: TaskPlugin) -> Any:
+    """A fine-tuned checkpoint written by train_model, in eval mode."""
+    from pipelines.pretrained import quiet_transformers
+
+    quiet_transformers()
+    try:
+        model = task.model_class().from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load the trained checkpoint ({type(exc).__name__}: {exc})") from None
+    return model.eval()
+
+
+def _take(rows: dict[str, list], idx: list[int]) -> dict[str, list]:
+    return {k: [v[i] for i in idx] for k, v in rows.items()}
+
+
+def predict_logits(model: Any, task: TaskPlugin, rows: dict[str, list], batch_size: int, pad_id: int) -> np.ndarray:
+    """Logits in the original row order."""
+    import torch
+
+    n = len(rows["label"])
+    out = np.zeros((n, model.config.num_labels), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for idx in sequential_batches(rows["length"], batch_size):
+            batch = task.collate(_take(rows, idx), pad_id)
+            batch.pop("labels")
+            out[idx] = model(**batch).logits.float().numpy()
+    return out
+
+
+def _loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def _is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def _save_checkpoint(model: Any, tokenizer_dir: Path, out_dir: Path, extra: dict[str, Any]) -> None:
+    """Write model + tokenizer to a temp folder, then swap it in: a crash never leaves a half checkpoint."""
+    from pipelines.pretrained import load_tokenizer
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would make the checkpoint private to this user
+    model.save_pretrained(staging, safe_serialization=True)
+    load_tokenizer(tokenizer_dir).save_pretrained(staging)
+    (staging / "nlpops_checkpoint.json").write_text(json.dumps(extra, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def train_model(
+    tokenised_dir: Path,
+    id2label: dict[int, str],
+    model_path: Path,
+    out_dir: Path,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    task: TaskPlugin,
+    pad_token_id: int,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train, validate every epoch, stop early, keep the best epoch in out_dir. Returns a summary with history."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    set_seed(train_cfg.seed)
+    train_rows = read_tokenised_split(tokenised_dir / "train.parquet")
+    val_rows = read_tokenised_split(tokenised_dir / "validation.parquet")
+    if train_cfg.max_train_rows:
+        train_rows = _take(train_rows, stratified_subset(train_rows["label"], train_cfg.max_train_rows, train_cfg.seed))
+
+    model = load_pretrained(model_path, task, id2label, model_cfg)
+    freezing = apply_freezing(model, model_cfg)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": train_cfg.weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate)
+    steps_per_epoch = math.ceil(len(train_rows["label"]) / train_cfg.batch_size)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    if train_cfg.max_steps:
+        total_steps = min(total_steps, train_cfg.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
+
+    metric = train_cfg.early_stopping_metric
+    history: list[dict[str, float]] = []
+    best: float | None = None
+    best_epoch = 0
+    stale = 0
+    step = 0
+    started = time.perf_counter()
+    val_labels = np.asarray(val_rows["label"])
+    stopped_early = False
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        seed = train_cfg.seed + epoch
+        if train_cfg.length_grouping:
+            batches = length_grouped_batches(
+                train_rows["length"], train_cfg.batch_size, train_cfg.mega_batch_factor, seed
+            )
+        else:
+            batches = random_batches(len(train_rows["label"]), train_cfg.batch_size, seed)
+        epoch_loss, seen = 0.0, 0
+        epoch_started = time.perf_counter()
+        for idx in batches:
+            batch = task.collate(_take(train_rows, idx), pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            epoch_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            step += 1
+            if train_cfg.max_steps and step >= train_cfg.max_steps:
+                break
+        logits = predict_logits(model, task, val_rows, train_cfg.eval_batch_size, pad_token_id)
+        scores = task.compute_metrics(logits, val_labels, id2label)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": epoch_loss / max(seen, 1),
+            "val_loss": _loss(logits, val_labels),
+            "val_accuracy": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"],
+            "learning_rate": scheduler.get_last_lr()[0],
+            "epoch_seconds": time.perf_counter() - epoch_started,
+        }
+        history.append(record)
+        if on_epoch_end:
+            on_epoch_end(epoch, record)
+        value = record["val_loss"] if metric == "loss" else record[f"val_{metric}"]
+        if _is_better(metric, value, best):
+            best, best_epoch, stale = value, epoch, 0
+            _save_checkpoint(model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value})
+        else:
+            stale += 1
+            if train_cfg.early_stopping_patience and stale >= train_cfg.early_stopping_patience:
+                stopped_early = True
+                break
+        if train_cfg.max_steps and step >= train_cfg.max_steps:
+            break
+    logging.getLogger(__name__).info("best epoch %s (%s=%s)", best_epoch, metric, best)
+    return {
+        "best_epoch": best_epoch,
+        "best_metric": {"name": metric, "value": best},
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "steps": step,
+        "train_rows": len(train_rows["label"]),
+        "validation_rows": len(val_rows["label"]),
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "history": history,
+        **freezing,
+    }

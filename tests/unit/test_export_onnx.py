@@ -1,0 +1,177 @@
+"""ONNX export of the tiny BERT: dynamic axes, opset, parity numbers on real rows, and the parity failure path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import ExportConfig
+from pipelines.errors import ModelLoadError, ParityError
+from pipelines.export_onnx import export_onnx, load_model_and_tokenizer, onnx_parity, parity_batch_sizes
+from pipelines.hashing import file_digest
+
+MAX_LENGTH = 32
+WORDS = ["the", "film", "was", "really", "good", "bad", "awful", "fun", "plot", "and", "acting", "quite", "dull"]
+
+
+def make_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences of varied length (2 to 16 words) so batches pad to different widths."""
+    rng = np.random.default_rng(seed)
+    return [(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 17)))), int(i % 2)) for i in range(n)]
+
+
+def write_test_parquet(path: Path, rows: int, pair: bool = False) -> Path:
+    data = make_rows(rows, seed=3)
+    frame = pd.DataFrame({"text": [t for t, _ in data], "label": [label for _, label in data]})
+    if pair:
+        pairs = [" ".join(reversed(t.split()))[: 10 + 7 * (i % 5)] for i, (t, _) in enumerate(data)]
+        frame.insert(1, "text_pair", pairs)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("export-single")
+    test_parquet = write_test_parquet(root / "test.parquet", rows=30)
+    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=20)
+    result = export_onnx(tiny_model_dir, test_parquet, root / "onnx", cfg, MAX_LENGTH)
+    return root / "onnx", result
+
+
+def test_parity_batch_sizes_exercise_dynamic_batch() -> None:
+    assert parity_batch_sizes(64) == [1, 7, 56]
+    assert parity_batch_sizes(1) == [1]
+    assert parity_batch_sizes(5) == [1, 4]
+    assert parity_batch_sizes(200) == [1, 7, 64, 64, 64]
+    assert sum(parity_batch_sizes(137)) == 137
+
+
+def test_export_writes_checked_onnx_with_dynamic_axes(single_export: tuple[Path, dict]) -> None:
+    import onnx
+
+    out_dir, result = single_export
+    onnx_path = out_dir / "model.onnx"
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 17
+
+    def dims(value_info) -> list:
+        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+    inputs = {i.name: i for i in model.graph.input}
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]  # BERT uses token types
+    for value in inputs.values():
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert dims(value) == ["batch", "sequence"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert dims(model.graph.output[0]) == ["batch", 2]
+
+    assert result["onnx_path"] == str(onnx_path)
+    assert result["onnx_sha256"] == file_digest(onnx_path)
+    assert result["onnx_bytes"] == onnx_path.stat().st_size
+
+
+def test_export_parity_numbers_and_files(single_export: tuple[Path, dict]) -> None:
+    out_dir, result = single_export
+    parity = json.loads((out_dir / "parity.json").read_text())
+    assert parity == {k: v for k, v in result.items() if k != "onnx_path"}
+    assert parity["passed"] is True
+    assert 0.0 <= parity["max_abs_diff"] <= 1e-5  # ~1e-8 in practice; atol is 1e-4
+    assert parity["atol"] == 1e-4
+    assert parity["rows"] == 20
+    assert parity["label_mismatches"] == 0
+    assert parity["batch_sizes"] == [1, 7, 12]  # three batch shapes through the same graph
+    assert len(parity["seq_lengths"]) == 3 and all(n > 2 for n in parity["seq_lengths"])
+    assert parity["opset"] == 17
+
+    serving = json.loads((out_dir / "serving.json").read_text())
+    assert serving == {
+        "max_length": MAX_LENGTH,
+        "pair": False,
+        "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+        "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+        "opset": 17,
+    }
+    assert (out_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert (out_dir / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+def test_onnx_graph_runs_shapes_never_traced(single_export: tuple[Path, dict], tiny_model_dir: Path) -> None:
+    """Batch 5 x sequence 90 (longer than every parity batch) still matches PyTorch."""
+    import torch
+
+    from pipelines.serving import ort_session
+
+    out_dir, _ = single_export
+    model, _ = load_model_and_tokenizer(tiny_model_dir)
+    rng = np.random.default_rng(0)
+    input_ids = rng.integers(5, 40, size=(5, 90)).astype(np.int64)
+    attention = np.ones_like(input_ids)
+    attention[1, 30:] = 0
+    attention[4, 7:] = 0
+    feeds = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": np.zeros_like(input_ids)}
+    got = ort_session(out_dir / "model.onnx").run(["logits"], feeds)[0]
+    with torch.inference_mode():
+        expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    assert got.shape == (5, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_onnx_parity_detects_a_changed_model(single_export: tuple[Path, dict], tiny_model_dir: Path) -> None:
+    import torch
+
+    out_dir, _ = single_export
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    texts = [t for t, _ in make_rows(9, seed=5)]
+    ok = onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, atol=1e-4)
+    assert ok["passed"] and ok["batch_sizes"] == [1, 7, 1] and ok["rows"] == 9
+    with torch.no_grad():
+        model.classifier.bias[1] += 0.5  # the ONNX graph still holds the old weights
+    bad = onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, atol=1e-4)
+    assert bad["passed"] is False
+    assert bad["max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
+    with pytest.raises(ValueError, match="do not add up"):
+        onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, 1e-4, batch_sizes=[1, 2])
+
+
+def test_parity_failure_raises_and_still_writes_report(
+    single_export: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    import torch
+
+    import pipelines.export_onnx as export_module
+
+    exported_onnx = single_export[0] / "model.onnx"
+
+    def reuse_export_then_change_model(model, tokenizer, onnx_path, *args, **kwargs):
+        # The graph of the unchanged tiny model (exported by the fixture; saves a 5 s export), then a PyTorch
+        # model that now always prefers label 1: the parity check must catch the disagreement.
+        shutil.copyfile(exported_onnx, onnx_path)
+        with torch.no_grad():
+            model.classifier.bias[1] += 10.0
+        return export_module.onnx_input_names(model, tokenizer)
+
+    monkeypatch.setattr(export_module, "export_model_to_onnx", reuse_export_then_change_model)
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=10)
+    out_dir = tmp_path / "onnx"
+    with pytest.raises(ParityError, match=r"model\.onnx: parity failed: max abs diff .* > atol 0\.0001 on 10 rows"):
+        export_onnx(tiny_model_dir, test_parquet, out_dir, ExportConfig(parity_rows=64), MAX_LENGTH)
+    parity = json.loads((out_dir / "parity.json").read_text())
+    assert parity["passed"] is False
+    assert parity["max_abs_diff"] == pytest.approx(10.0, abs=1e-3)
+    assert parity["rows"] == 10 and parity["batch_sizes"] == [1, 7, 2]
+    assert 0 < parity["label_mismatches"] <= 10  # rows where the ONNX graph picks label 0
+    assert parity["onnx_sha256"] == file_digest(out_dir / "model.onnx")
+
+
+def test_missing_model_folder_is_a_model_load_error(tmp_path: Path) -> None:
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=4)
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
+        export_onnx(tmp_path / "nope", test_parquet, tmp_path / "onnx", ExportConfig(), MAX_LENGTH)

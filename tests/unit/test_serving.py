@@ -1,0 +1,206 @@
+"""Serving an exported tiny BERT: OnnxTextClassifier against PyTorch, and the MLflow pyfunc round trip."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipelines.serving as serving
+from pipelines.config import ExportConfig
+from pipelines.errors import ModelLoadError
+from pipelines.export_onnx import export_onnx, load_model_and_tokenizer
+from pipelines.serving import OnnxTextClassifier, log_onnx_pyfunc
+
+MAX_LENGTH = 32
+LABELS = {"0": "negative", "1": "positive"}
+TEXTS = [
+    "the film was good",
+    "bad",
+    "really a very dull plot and the acting is quite awful , slow and messy",
+    "fun !",
+    "the story was warm , clever and the acting superb",
+    "tedious",
+    "it is a film",
+]
+PAIRS = ["a film", "the plot was weak and the acting poor", "great", "x", "good and fun", "the end", "boring"]
+
+
+def relabelled_copy(model_dir: Path, dest: Path) -> Path:
+    """The tiny model with named labels, so the tests can tell id2label mapping from raw ids."""
+    shutil.copytree(model_dir, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["id2label"] = LABELS
+    config["label2id"] = {name: int(i) for i, name in LABELS.items()}
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def export(model_dir: Path, root: Path, pair: bool) -> Path:
+    frame = pd.DataFrame({"text": TEXTS, "label": [0, 1, 0, 1, 1, 0, 1]})
+    if pair:
+        frame["text_pair"] = PAIRS
+    frame.to_parquet(root / "test.parquet", index=False)
+    export_onnx(model_dir, root / "test.parquet", root / "onnx", ExportConfig(parity_rows=16), MAX_LENGTH)
+    return root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return relabelled_copy(tiny_model_dir, tmp_path_factory.mktemp("serving") / "model")
+
+
+@pytest.fixture(scope="module")
+def single_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(model_dir, tmp_path_factory.mktemp("single"), pair=False)
+
+
+def torch_probabilities(model_dir: Path, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+    """PyTorch reference: one batch, padded to its longest row, tokenised like training."""
+    import torch
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return torch.softmax(model(**enc).logits, dim=-1).numpy()
+
+
+def test_classifier_matches_torch_argmax_and_probabilities(single_dir: Path, model_dir: Path) -> None:
+    classifier = OnnxTextClassifier.from_dir(single_dir)
+    assert classifier.id2label == {0: "negative", 1: "positive"} and classifier.pair is False
+    rows = classifier.predict(TEXTS, batch_size=3)  # batches of 3, 3, 1: each padded differently
+    expected = torch_probabilities(model_dir, TEXTS)
+    assert [r["label"] for r in rows] == [LABELS[str(i)] for i in expected.argmax(axis=1)]
+    for row, probs in zip(rows, expected, strict=True):
+        assert set(row["scores"]) == {"negative", "positive"}
+        assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert row["score"] == row["scores"][row["label"]] == max(row["scores"].values())
+        assert [row["scores"]["negative"], row["scores"]["positive"]] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert classifier.predict([]) == []
+    with pytest.raises(ValueError, match="single-sentence"):
+        classifier.predict(TEXTS, PAIRS)
+
+
+def test_pair_model_exports_quietly_and_serves_pairs(model_dir: Path, tmp_path: Path, capfd) -> None:
+    """Export and serving of a sentence-pair model (the only pair export in the suite: each costs ~5 s)."""
+    capfd.readouterr()
+    pair_dir = export(model_dir, tmp_path, pair=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # exporter progress lines and warnings stay off the console
+    parity = json.loads((pair_dir / "parity.json").read_text())
+    assert parity["passed"] is True and parity["max_abs_diff"] <= 1e-5 and parity["label_mismatches"] == 0
+    assert parity["rows"] == 7 and parity["batch_sizes"] == [1, 6]
+    serving_json = json.loads((pair_dir / "serving.json").read_text())
+    assert serving_json["pair"] is True and serving_json["id2label"] == LABELS
+    assert serving_json["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+    classifier = OnnxTextClassifier.from_dir(pair_dir)
+    assert classifier.pair is True
+    with pytest.raises(ValueError, match="text_pairs is required"):
+        classifier.predict(TEXTS)
+    with pytest.raises(ValueError, match="differ in length"):
+        classifier.predict(TEXTS, PAIRS[:2])
+    rows = classifier.predict(TEXTS, PAIRS, batch_size=4)
+    expected = torch_probabilities(model_dir, TEXTS, PAIRS)
+    assert [r["label"] for r in rows] == [LABELS[str(i)] for i in expected.argmax(axis=1)]
+    assert np.array([r["scores"]["positive"] for r in rows]) == pytest.approx(expected[:, 1], abs=1e-6)
+    model = serving.OnnxTextClassifierModel()
+    model.load_context(SimpleNamespace(artifacts={"export_dir": str(pair_dir)}))
+    frame = model.predict(None, pd.DataFrame({"text": TEXTS, "text_pair": PAIRS}))
+    assert frame["label"].tolist() == [r["label"] for r in rows]
+
+
+def test_missing_files_are_model_load_errors(single_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        OnnxTextClassifier.from_dir(tmp_path / "absent")
+    broken = tmp_path / "broken"
+    shutil.copytree(single_dir, broken)
+    (broken / "model.onnx").unlink()
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(ModelLoadError, match=r"missing model\.onnx, tokenizer/"):
+        OnnxTextClassifier.from_dir(broken)
+    shutil.copytree(single_dir, tmp_path / "bad-onnx")
+    (tmp_path / "bad-onnx" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(ModelLoadError, match="onnxruntime cannot load it"):
+        OnnxTextClassifier.from_dir(tmp_path / "bad-onnx")
+
+
+def test_pyfunc_model_accepts_frames_and_lists(single_dir: Path) -> None:
+    model = serving.OnnxTextClassifierModel()
+    model.load_context(SimpleNamespace(artifacts={"export_dir": str(single_dir)}))
+    from_list = model.predict(None, TEXTS[:3])
+    from_frame = model.predict(None, pd.DataFrame({"text": TEXTS[:3]}))
+    assert list(from_list.columns) == ["label", "score"] and from_list["score"].dtype == np.float64
+    pd.testing.assert_frame_equal(from_list, from_frame)
+
+
+def test_serving_module_is_torch_free_and_cheap_to_import() -> None:
+    tree = ast.parse(Path(serving.__file__).read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"numpy", "onnxruntime", "transformers", "pandas", "mlflow", "pipelines"}
+    from_pipelines = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module.startswith("pipelines")]
+    assert [n.module for n in from_pipelines] == ["pipelines.errors"]  # guarded: falls back to a local class
+    code = "import sys, pipelines.serving; print(sorted({'torch', 'mlflow', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)  # restored afterwards
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    return mlflow.create_experiment("serving-test", artifact_location=(tmp_path / "mlartifacts").as_uri())
+
+
+def test_log_onnx_pyfunc_round_trip(single_dir: Path, sqlite_tracking: str, capfd) -> None:
+    import mlflow
+
+    with mlflow.start_run(experiment_id=sqlite_tracking):
+        capfd.readouterr()
+        info = log_onnx_pyfunc(single_dir, name="classifier")
+        out, err = capfd.readouterr()
+    assert out == "" and err == ""  # quiet: no warnings, no requirement inference
+
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    requirements = (local / "requirements.txt").read_text().split()
+    for name in ("onnxruntime", "transformers", "tokenizers", "numpy", "pandas"):
+        assert any(r.startswith(f"{name}==") for r in requirements), requirements
+    assert not any(r.startswith("torch") for r in requirements)
+    flavor = info.flavors["python_function"]
+    assert "model_code_path" in flavor and "python_model" not in flavor  # model from code: nothing pickled
+    assert info.saved_input_example_info is None
+    assert info.signature.inputs.input_names() == ["text", "text_pair"]
+    assert [c.type.name for c in info.signature.outputs.inputs] == ["string", "double"]
+
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    result = loaded.predict(pd.DataFrame({"text": TEXTS}))
+    assert list(result.columns) == ["label", "score"]
+    assert set(result["label"]) <= set(LABELS.values())
+    direct = OnnxTextClassifier.from_dir(single_dir).predict(TEXTS)
+    assert result["label"].tolist() == [r["label"] for r in direct]
+    assert result["score"].to_numpy() == pytest.approx([r["score"] for r in direct], abs=1e-9)
+
+
+def test_log_onnx_pyfunc_needs_a_run_and_a_complete_folder(single_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="missing"):
+        log_onnx_pyfunc(tmp_path)
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        log_onnx_pyfunc(single_dir)

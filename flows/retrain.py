@@ -28,7 +28,7 @@ def _stamp_path(params: Params, stage: str) -> Path:
     return Path(params.project.state_dir) / "stamps" / f"{stage}.json"
 
 
-def _cache_key(stage: str):  # noqa: ANN202 - Prefect's callable type
+def _cache_key(stage: str):
     def key(context: Any, parameters: dict[str, Any]) -> str:
         return f"nlpops-{stage}-{parameters['fingerprint']}"
 
@@ -46,12 +46,12 @@ def outputs_current(params: Params, stage: str, fingerprint: str) -> bool:
 def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
     try:
         exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - unreadable state: be conservative and retry
+    except Exception:
         return True
     return not isinstance(exc, NlpopsError)
 
 
-def _make_stage_task(stage: str):  # noqa: ANN202
+def _make_stage_task(stage: str):
     def run_stage(params_data: dict[str, Any], fingerprint: str) -> dict[str, Any]:
         params = Params.model_validate(params_data)
         summary = STAGE_RUNNERS[stage](params)
@@ -76,15 +76,21 @@ STAGE_TASKS = {stage: _make_stage_task(stage) for stage in STAGE_ORDER}
 
 
 @task(name="champion-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def champion_version(params_data: dict[str, Any]) -> str | None:
-    """The gate compares with the current champion, so the evaluate cache is keyed on its version too."""
+def champion_version(params_data: dict[str, Any], train_run_id: str) -> str | None:
+    """The gate compares with the current champion, so the evaluate cache is keyed on its version too.
+
+    A champion made by this very training run is no rival: the key is then the same as with no champion, so an
+    unchanged rerun after a promotion reuses the evaluation instead of gating the model against itself.
+    """
     from pipelines.registry import alias_version
     from pipelines.tracking import configure_tracking
 
     params = Params.model_validate(params_data)
     configure_tracking(params)
     version = alias_version(params.project.registered_model, params.register_.champion_alias)
-    return version.version if version is not None else None
+    if version is None or version.run_id == train_run_id:
+        return None
+    return str(version.version)
 
 
 @task(name="dvc-lock", cache_policy=NO_CACHE)
@@ -106,7 +112,9 @@ def retrain(
     states: dict[str, str] = {}
     results: dict[str, Any] = {}
     for stage in STAGE_ORDER:
-        extra = {"champion": champion_version(params_data)} if stage == "evaluate" else None
+        extra = None
+        if stage == "evaluate":
+            extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
         fingerprint = stage_fingerprint(params, stage, extra, require_outputs=False)
         stage_task = STAGE_TASKS[stage]
         if not outputs_current(params, stage, fingerprint):

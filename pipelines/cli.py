@@ -43,7 +43,9 @@ def _setup(params_file: str, overrides: list[str] | None, verbose: bool) -> Para
     # Prefect keeps its ephemeral database and cached results with the rest of the project's state.
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    # Task failures reach the user as one line from us; Prefect's console handler would repeat them with a
+    # traceback. Its API handler still records everything for the Prefect UI when a server is used.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -120,13 +122,11 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
     gate = ev["gate"]
     _echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate["reasons"]))
     _echo(f"  onnx      {ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})")
-    _echo(
-        f"  registry  {reg['name']} v{reg['version']} alias '{params.register_.challenger_alias}'"
-        + (f" and '{params.register_.champion_alias}'" if reg["promoted"] else "")
-        + f"; champion is v{reg['champion']}"
-        if reg["champion"]
-        else "; no champion"
-    )
+    aliases = f"'{params.register_.challenger_alias}'"
+    if reg["promoted"]:
+        aliases += f" and '{params.register_.champion_alias}'"
+    champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
+    _echo(f"  registry  {reg['name']} v{reg['version']} alias {aliases}; {champion}")
     from pipelines.tracking import tracking_uri
 
     _echo(f"  tracking  {tracking_uri(params)}")

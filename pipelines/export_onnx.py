@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def _example_inputs(tokenizer: Any, input_names: list[str], pair: bool, max_leng
 
     texts = ["an example sentence that is a little longer than the other one", "short"]
     pairs = ["a second sentence for the pair", "ok"] if pair else None
-    feeds = encode(tokenizer, texts, pairs, max(8, max_length), input_names)
+    feeds = encode(tokenizer, texts, pairs, max_length, input_names)
     return tuple(torch.from_numpy(feeds[name]) for name in input_names)
 
 
@@ -127,6 +128,7 @@ def export_model_to_onnx(
                 optimize=True,
                 verbose=False,
             )
+            assert program is not None  # dynamo=True always returns an ONNXProgram
             program.save(str(onnx_path), external_data=external)
         except Exception as exc:
             raise RuntimeError(
@@ -223,6 +225,7 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     onnx_path = out_dir / "model.onnx"
     input_names = export_model_to_onnx(model, tokenizer, onnx_path, cfg.opset, pair, max_length)
 
+    shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)  # no stale files from an earlier export
     with _captured():
         tokenizer.save_pretrained(out_dir / "tokenizer")  # the files AutoTokenizer needs, tokenizer.json included
     serving = {

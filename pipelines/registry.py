@@ -83,7 +83,7 @@ def alias_history(name: str) -> list[dict[str, Any]]:
 def move_alias(name: str, alias: str, version: str, reason: str) -> dict[str, Any]:
     """Point alias at version and record who/when/why; a no-op move is not recorded twice."""
     current = alias_version(name, alias)
-    old = current.version if current is not None else None
+    old = str(current.version) if current is not None else None
     if old == str(version):
         return {"alias": alias, "from": old, "to": old, "unchanged": True}
     _client().set_registered_model_alias(name, alias, str(version))
@@ -131,8 +131,8 @@ def register_challenger(
         "run_id": run_id,
         "reused_existing_version": reused,
         "promoted": bool(promote),
-        "previous_champion": previous.version if previous is not None else None,
-        "champion": champion.version if champion is not None else None,
+        "previous_champion": str(previous.version) if previous is not None else None,
+        "champion": str(champion.version) if champion is not None else None,
         "alias_events": events,
     }
 

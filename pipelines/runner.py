@@ -274,7 +274,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def champion_reference(params: Params, test_sha256: str) -> tuple[dict[str, Any] | None, str | None, str]:
+def champion_reference(params: Params, test_sha256: str, run_id: str) -> tuple[dict[str, Any] | None, str | None, str]:
     """The champion's metrics on *this* test split, with how they were obtained.
 
     Same test split as when it was registered → its recorded metrics; otherwise its ONNX model is scored on the
@@ -285,11 +285,13 @@ def champion_reference(params: Params, test_sha256: str) -> tuple[dict[str, Any]
     champion = alias_version(params.project.registered_model, params.register_.champion_alias)
     if champion is None:
         return None, None, "no champion"
+    if champion.run_id == run_id:
+        return None, None, "the champion is this run's own model"
     tags = champion.tags or {}
     if tags.get("data.test_sha256") == test_sha256 and params.gate.metric in {k.removeprefix("metric.") for k in tags}:
         metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
-        return metrics, champion.version, "champion's recorded metrics on the same test split"
-    return score_champion(params, champion), champion.version, "champion re-scored on the current test split"
+        return metrics, str(champion.version), "champion's recorded metrics on the same test split"
+    return score_champion(params, champion), str(champion.version), "champion re-scored on the current test split"
 
 
 def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
@@ -341,7 +343,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     scores = task.compute_metrics(logits, np.asarray(labels), id2label)
     files = write_evaluation(scores, logits.argmax(axis=-1), np.asarray(labels), paths.evaluate_dir)
     configure_tracking(params)
-    champion_metrics, champion_version, basis = champion_reference(params, file_digest(paths.clean_split("test")))
+    champion_metrics, champion_version, basis = champion_reference(
+        params, file_digest(paths.clean_split("test")), train_summary["run_id"]
+    )
     decision = decide_gate(scores, params.gate, champion_metrics, champion_version)
     gate = {**decision.to_dict(), "champion_basis": basis}
     _write_json(paths.gate, gate)

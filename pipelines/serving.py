@@ -14,7 +14,10 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 try:  # one error type for the CLI when nlpops is installed; a local stand-in inside a bare MLflow serving env
     from pipelines.errors import ModelLoadError
@@ -217,10 +220,10 @@ def _pyfunc_class() -> type:
     global _PYFUNC_CLASS
     if _PYFUNC_CLASS is not None:
         return _PYFUNC_CLASS
-    import mlflow.pyfunc
     import pandas as pd
+    from mlflow.pyfunc import PythonModel
 
-    class OnnxTextClassifierModel(mlflow.pyfunc.PythonModel):
+    class OnnxTextClassifierModel(PythonModel):
         """MLflow pyfunc: DataFrame (text[, text_pair]) or list of texts -> DataFrame (label, score)."""
 
         def load_context(self, context) -> None:
@@ -273,7 +276,7 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_REQUIREMENTS]
 
 
-def log_onnx_pyfunc(export_dir: Path, name: str = "model"):  # -> mlflow.models.model.ModelInfo
+def log_onnx_pyfunc(export_dir: Path, name: str = "model") -> ModelInfo:
     """Log the export folder as an MLflow pyfunc model in the active run; returns MLflow's ModelInfo."""
     import mlflow
 

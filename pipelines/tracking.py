@@ -10,7 +10,18 @@ from typing import Any
 
 from pipelines.config import Params
 
-NOISY_LOGGERS = ("mlflow", "alembic", "great_expectations", "urllib3", "git", "filelock", "httpx", "matplotlib", "onnxscript", "torch.onnx")
+NOISY_LOGGERS = (
+    "mlflow",
+    "alembic",
+    "great_expectations",
+    "urllib3",
+    "git",
+    "filelock",
+    "httpx",
+    "matplotlib",
+    "onnxscript",
+    "torch.onnx",
+)
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -59,7 +59,7 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     for i in range(n):
         label = "positive" if i % 2 == 0 else "negative"
         word = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
-        words = rng.sample(FILLER, rng.randint(2, 6)) + [word] + rng.sample(FILLER, rng.randint(0, 4))
+        words = [*rng.sample(FILLER, rng.randint(2, 6)), word, *rng.sample(FILLER, rng.randint(0, 4))]
         rows.append((" ".join(words) + f" {i}", label))
     return rows
 

@@ -162,7 +162,9 @@ def test_parity_failure_raises_and_still_writes_report(
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=10)
     out_dir = tmp_path / "onnx"
     with pytest.raises(ParityError, match=r"model\.onnx: parity failed: max abs diff .* > atol 0\.0001 on 10 rows"):
-        export_onnx(tiny_model_dir, test_parquet, out_dir, ExportConfig(parity_rows=64), MAX_LENGTH)
+        export_onnx(
+            tiny_model_dir, test_parquet, out_dir, ExportConfig(opset=17, atol=1e-4, parity_rows=64), MAX_LENGTH
+        )
     parity = json.loads((out_dir / "parity.json").read_text())
     assert parity["passed"] is False
     assert parity["max_abs_diff"] == pytest.approx(10.0, abs=1e-3)
@@ -174,4 +176,10 @@ def test_parity_failure_raises_and_still_writes_report(
 def test_missing_model_folder_is_a_model_load_error(tmp_path: Path) -> None:
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=4)
     with pytest.raises(ModelLoadError, match=r"config\.json"):
-        export_onnx(tmp_path / "nope", test_parquet, tmp_path / "onnx", ExportConfig(), MAX_LENGTH)
+        export_onnx(
+            tmp_path / "nope",
+            test_parquet,
+            tmp_path / "onnx",
+            ExportConfig(opset=17, atol=1e-4, parity_rows=64),
+            MAX_LENGTH,
+        )

@@ -49,7 +49,9 @@ def export(model_dir: Path, root: Path, pair: bool) -> Path:
     if pair:
         frame["text_pair"] = PAIRS
     frame.to_parquet(root / "test.parquet", index=False)
-    export_onnx(model_dir, root / "test.parquet", root / "onnx", ExportConfig(parity_rows=16), MAX_LENGTH)
+    export_onnx(
+        model_dir, root / "test.parquet", root / "onnx", ExportConfig(opset=17, atol=1e-4, parity_rows=16), MAX_LENGTH
+    )
     return root / "onnx"
 
 
@@ -145,15 +147,17 @@ def test_pyfunc_model_accepts_frames_and_lists(single_dir: Path) -> None:
 def test_serving_module_is_torch_free_and_cheap_to_import() -> None:
     tree = ast.parse(Path(serving.__file__).read_text())
     imported = {
-        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        ((node.module or "") if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
         for node in ast.walk(tree)
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"numpy", "onnxruntime", "transformers", "pandas", "mlflow", "pipelines"}
-    from_pipelines = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module.startswith("pipelines")]
-    assert [n.module for n in from_pipelines] == ["pipelines.errors"]  # guarded: falls back to a local class
+    from_pipelines = [
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and "pipelines" in n.module
+    ]
+    assert from_pipelines == ["pipelines.errors"]  # guarded: falls back to a local class
     code = "import sys, pipelines.serving; print(sorted({'torch', 'mlflow', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -197,6 +201,18 @@ def test_log_onnx_pyfunc_round_trip(single_dir: Path, sqlite_tracking: str, capf
     direct = OnnxTextClassifier.from_dir(single_dir).predict(TEXTS)
     assert result["label"].tolist() == [r["label"] for r in direct]
     assert result["score"].to_numpy() == pytest.approx([r["score"] for r in direct], abs=1e-9)
+
+    # A fresh interpreter where neither torch nor nlpops can be imported still loads and serves the model.
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['pipelines'] = None\n"
+        "import mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})\n"
+        f"model = mlflow.pyfunc.load_model({info.model_uri!r})\n"
+        f"print(','.join(model.predict(pd.DataFrame({{'text': {TEXTS!r}}}))['label']))\n"
+    )
+    bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(local).parent)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert bare.stdout.strip().split(",") == result["label"].tolist()
 
 
 def test_log_onnx_pyfunc_needs_a_run_and_a_complete_folder(single_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,191 @@
+"""The whole product, as a user runs it: `nlpops run` in a git + DVC project, then `dvc repro`, a cached rerun,
+a challenger that fails the gate, and bad data. A tiny random BERT keeps it to a couple of minutes on 2 cores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import build_tiny_model, make_sentiment_rows
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL_NAME = "e2e-sentiment"
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["NLPOPS_ACTOR"] = "e2e-test"
+    return env
+
+
+def nlpops(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "nlpops"), *args], cwd=project, env=_env(project), capture_output=True, text=True, timeout=600
+    )
+
+
+def _git(project: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", *args],
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of this repository's tracked files, with a tiny model and tiny data, under git and DVC."""
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in tracked.splitlines():
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("tests/", "demo/", "data/")):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / rel)
+    model_dir = build_tiny_model(root.parent / "tiny-bert")
+    (root / "incoming").mkdir()
+    with (root / "incoming" / "reviews.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(make_sentiment_rows(160, seed=3))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["project"]["registered_model"] = MODEL_NAME
+    params["data"].update(path="data/raw/reviews.csv", text_column="review", label_column="sentiment")
+    params["validate"].update(min_rows=50, min_rows_per_class=5)
+    params["model"]["path"] = str(model_dir)
+    params["model"]["dropout"] = 0.0
+    params["train"].update(epochs=4, learning_rate=5e-3, batch_size=8, warmup_ratio=0.0, early_stopping_patience=0)
+    params["gate"]["min_score"] = 0.5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(root, "init", "-q")
+    done = nlpops(root, "data", "add", "incoming/reviews.csv")
+    assert done.returncode == 0, done.stderr
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "e2e project")
+    return root
+
+
+def _client(project: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / '.nlpops' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(project: Path) -> list:
+    return sorted(_client(project).search_model_versions(f"name = '{MODEL_NAME}'"), key=lambda v: int(v.version))
+
+
+@pytest.fixture(scope="module")
+def first_run(project: Path) -> subprocess.CompletedProcess[str]:
+    return nlpops(project, "run")
+
+
+def test_first_run_registers_an_onnx_champion_with_lineage(project: Path, first_run) -> None:
+    assert first_run.returncode == 0, first_run.stderr
+    assert "Traceback" not in first_run.stderr and "Traceback" not in first_run.stdout
+    assert f"{MODEL_NAME} v1" in first_run.stdout
+    client = _client(project)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    assert str(champion.version) == str(challenger.version) == "1"
+    tags = champion.tags
+    for key in (
+        "data.md5",
+        "data.clean_sha256",
+        "data.test_sha256",
+        "tokenise.cache_key",
+        "git.commit",
+        "params.hash",
+        "run_id",
+        "version.torch",
+        "version.transformers",
+        "onnx.sha256",
+        "gate.passed",
+    ):
+        assert tags.get(key), f"lineage tag {key} missing"
+    assert tags["data.dvc_tracked"] == "true"
+    dvc_md5 = yaml.safe_load((project / "data/raw/reviews.csv.dvc").read_text())["outs"][0]["md5"]
+    assert tags["data.md5"] == dvc_md5
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert tags["git.commit"] == head
+    assert tags["run_id"] == champion.run_id
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / '.nlpops' / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/1", dst_path=str(project / "dl")))
+    onnx_files = list(local.rglob("model.onnx"))
+    assert onnx_files and onnx_files[0].stat().st_size > 1000
+    parity = json.loads((project / "artifacts/export/parity.json").read_text())
+    assert parity["passed"] is True and parity["max_abs_diff"] <= 1e-4
+    assert parity["onnx_sha256"] == tags["onnx.sha256"]
+    run = client.get_run(champion.run_id)
+    assert "val_macro_f1" in run.data.metrics and "test_accuracy" in run.data.metrics
+    history = client.get_metric_history(champion.run_id, "val_macro_f1")
+    assert len(history) == 4  # one point per epoch
+
+
+def test_predict_uses_the_champion(project: Path, first_run) -> None:
+    done = nlpops(project, "predict", "the film was really superb and brilliant", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["label"] in {"negative", "positive"} and 0.0 <= out["score"] <= 1.0
+    assert out["model"] == f"{MODEL_NAME} v1"
+
+
+def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:
+    done = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=project, env=_env(project), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    for stage in ("validate", "clean", "tokenise", "train", "evaluate", "export", "register"):
+        assert f"Stage '{stage}' didn't change, skipping" in done.stdout
+    assert "Running stage" not in done.stdout
+
+
+def test_unchanged_rerun_reuses_every_stage(project: Path, first_run) -> None:
+    before = len(_versions(project))
+    done = nlpops(project, "run")
+    assert done.returncode == 0, done.stderr
+    assert "cached stages: validate, clean, tokenise, train, evaluate, export, register" in done.stdout
+    assert len(_versions(project)) == before
+
+
+def test_failing_gate_registers_a_challenger_and_keeps_the_champion(project: Path, first_run) -> None:
+    client = _client(project)
+    champion_before = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    done = nlpops(project, "run", "--set", "train.seed=7", "--set", "gate.min_improvement=0.9")
+    assert done.returncode == 0, done.stderr
+    assert "gate      FAILED" in done.stdout
+    newest = _versions(project)[-1]
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion_before
+    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == newest.version
+    assert str(newest.version) != str(champion_before)
+    assert newest.tags["gate.passed"] == "false"
+
+
+def test_bad_data_stops_the_run_with_one_line_and_touches_nothing(project: Path, first_run) -> None:
+    versions_before = len(_versions(project))
+    champion_before = _client(project).get_model_version_by_alias(MODEL_NAME, "champion").version
+    (project / "bad.csv").write_text("review,sentiment\nfine film,positive\n,negative\n", encoding="utf-8")
+    done = nlpops(project, "run", "--set", "data.path=bad.csv")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: bad.csv:"), done.stderr
+    assert len(_versions(project)) == versions_before
+    assert _client(project).get_model_version_by_alias(MODEL_NAME, "champion").version == champion_before

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NLPOPS = Path(sys.executable).parent / "nlpops"
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(NLPOPS), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_stage_and_verb() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for command in (
+        "run",
+        "validate",
+        "clean",
+        "tokenise",
+        "train",
+        "evaluate",
+        "export",
+        "register",
+        "predict",
+        "models",
+        "data",
+    ):
+        assert command in done.stdout
+    assert "--set" in run("train", "--help").stdout
+
+
+def test_bad_setting_is_one_line_and_exit_2() -> None:
+    done = run("train", "--set", "train.lr=1")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown key 'train.lr'" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_stage_before_its_inputs_exist_says_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  path: x.csv\n")
+    done = run("train", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "run `nlpops tokenise`" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_predict_without_a_champion_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  path: x.csv\n")
+    done = run("predict", "hello", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no version with alias 'champion'" in done.stderr and "Traceback" not in done.stderr

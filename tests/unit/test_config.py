@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Params, apply_overrides, load_params
+from pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_file_is_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.train.learning_rate == pytest.approx(5e-5)
+    assert params.register_.champion_alias == "champion"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.lr=1", "unknown key 'train.lr' (allowed: learning_rate"),
+        ("trian.epochs=1", "unknown key 'trian' (allowed: project, data, task, validate"),
+        ("train.early_stopping_metric=f2", "train.early_stopping_metric='f2' is not allowed (allowed: 'accuracy'"),
+        ("train.epochs=0", "train.epochs=0: Input should be greater than or equal to 1"),
+        ("validate.max_null_share=2", "validate.max_null_share=2"),
+        ("task.type=ner", "task.type='ner' is not allowed"),
+    ],
+)
+def test_invalid_values_name_the_key_and_what_is_allowed(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_params(REPO / "params.yaml", [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_parse_yaml_scalars_like_dvc_exp_run() -> None:
+    params = load_params(
+        REPO / "params.yaml",
+        ["train.learning_rate=3e-5", "train.max_steps=null", "clean.drop_duplicates=false", "data.labels=[a, b]"],
+    )
+    assert params.train.learning_rate == pytest.approx(3e-5)
+    assert params.train.max_steps is None
+    assert params.clean.drop_duplicates is False
+    assert params.data.labels == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", ["train.epochs", "epochs=3", "train.=3"])
+def test_malformed_override_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [bad])
+
+
+def test_missing_and_broken_params_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(broken)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="required key 'data' is missing"):
+        load_params(empty)
+
+
+def test_pair_columns_must_differ() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        Params.model_validate({"data": {"path": "x.csv", "text_pair_column": "text"}})
+
+
+def test_params_hash_changes_with_any_value() -> None:
+    a = Params.model_validate({"data": {"path": "x.csv"}})
+    b = Params.model_validate({"data": {"path": "x.csv"}, "train": {"seed": 1}})
+    assert a.params_hash() != b.params_hash()
+    assert a.section_hash("data") == b.section_hash("data")

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_sentiment_rows
+
+from pipelines.config import ModelConfig, TokeniseConfig, TrainConfig
+from pipelines.errors import ModelLoadError
+from pipelines.tasks import get_task
+from pipelines.tokenise import tokenise_splits
+from pipelines.train import (
+    apply_freezing,
+    encoder_layers,
+    length_grouped_batches,
+    load_pretrained,
+    random_batches,
+    stratified_subset,
+    train_model,
+)
+
+ID2LABEL = {0: "negative", 1: "positive"}
+TASK = get_task("text_classification")
+
+
+def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=1000).tolist()
+    batches = length_grouped_batches(lengths, batch_size=16, mega_batch_factor=10, seed=1)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+
+    def padding(bs: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    assert padding(batches) < 0.25 * padding(random_batches(1000, 16, seed=1))
+    assert batches == length_grouped_batches(lengths, 16, 10, seed=1)
+    assert batches != length_grouped_batches(lengths, 16, 10, seed=2)
+    # Batch order is shuffled: the first batch is not always the longest one.
+    firsts = {max(lengths[i] for i in length_grouped_batches(lengths, 16, 10, seed=s)[0]) for s in range(8)}
+    assert len(firsts) > 1
+
+
+def test_stratified_subset_keeps_class_shares() -> None:
+    labels = [0] * 800 + [1] * 200
+    idx = stratified_subset(labels, 100, seed=0)
+    picked = [labels[i] for i in idx]
+    assert len(idx) == 100 and picked.count(1) == 20
+    assert idx == stratified_subset(labels, 100, seed=0)
+
+
+def test_freezing_lower_layers_and_training_only_the_last(tiny_model_dir: Path) -> None:
+    model = load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig(freeze_layers=1))
+    layers = encoder_layers(model)
+    stats = apply_freezing(model, ModelConfig(freeze_layers=1))
+    assert len(layers) == 2 and stats["frozen_layers"] == 1
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert all(p.requires_grad for p in layers[1].parameters())
+    assert all(p.requires_grad for p in model.base_model.embeddings.parameters())
+
+    model = load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig())
+    apply_freezing(model, ModelConfig(train_last_layers=1))
+    assert not any(p.requires_grad for p in model.base_model.embeddings.parameters())
+    assert not any(p.requires_grad for p in encoder_layers(model)[0].parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+
+    with pytest.raises(ModelLoadError, match="freeze_layers=5 but the model has 2 layers"):
+        apply_freezing(load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig()), ModelConfig(freeze_layers=5))
+
+
+def test_dropout_and_labels_reach_the_model_config(tiny_model_dir: Path) -> None:
+    model = load_pretrained(tiny_model_dir, TASK, {0: "a", 1: "b", 2: "c"}, ModelConfig(dropout=0.3))
+    assert model.config.hidden_dropout_prob == 0.3 and model.config.attention_probs_dropout_prob == 0.3
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"cannot read config\.json"):
+        load_pretrained(tmp_path, TASK, ID2LABEL, ModelConfig())
+
+
+@pytest.fixture
+def tokenised(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    df = pd.DataFrame(make_sentiment_rows(200, seed=1), columns=["text", "label"])
+    df["label"] = (df["label"] == "positive").astype("int64")
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    df[:140].to_parquet(clean / "train.parquet")
+    df[140:170].to_parquet(clean / "validation.parquet")
+    df[170:].to_parquet(clean / "test.parquet")
+    tokenise_splits(clean, tiny_model_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(), TASK)
+    return tmp_path / "tok"
+
+
+def test_training_learns_and_keeps_the_best_epoch(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    seen: list[int] = []
+    cfg = TrainConfig(epochs=5, learning_rate=5e-3, batch_size=8, warmup_ratio=0.0, early_stopping_patience=0)
+    out = train_model(
+        tokenised,
+        ID2LABEL,
+        tiny_model_dir,
+        tmp_path / "model",
+        cfg,
+        ModelConfig(dropout=0.0),
+        TASK,
+        0,
+        on_epoch_end=lambda epoch, record: seen.append(epoch),
+    )
+    assert seen == [1, 2, 3, 4, 5]
+    best = max(h["val_macro_f1"] for h in out["history"])
+    assert best >= 0.9
+    assert out["best_metric"]["value"] == best
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "model" / "tokenizer.json").is_file()
+    saved = json.loads((tmp_path / "model" / "nlpops_checkpoint.json").read_text())
+    assert saved["epoch"] == out["best_epoch"]
+
+
+def test_early_stopping_stops_when_validation_stalls(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A learning rate this small cannot move the metric: patience 1 stops after the second epoch.
+    cfg = TrainConfig(
+        epochs=6, learning_rate=1e-12, batch_size=16, early_stopping_patience=1, early_stopping_metric="accuracy"
+    )
+    out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)
+    assert out["stopped_early"] is True and out["epochs_run"] == 2 and out["best_epoch"] == 1
+
+
+def test_max_steps_and_max_train_rows_bound_a_quick_run(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=4, max_steps=5, max_train_rows=40)
+    out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)
+    assert out["steps"] == 5 and out["train_rows"] == 40 and out["epochs_run"] == 1

@@ -45,12 +45,20 @@ class DataConfig(Section):
     label_column: str = "label"
     labels: list[str] | None = Field(None, description="Declared label set (in id order); inferred when empty.")
     encoding: str = "utf-8"
+    encoding_fallback: str | None = Field(
+        None,
+        description="Encoding tried (with a logged warning) when a file is not valid data.encoding text, e.g. "
+        "latin-1; empty = such a file is refused with the offending byte and line.",
+    )
+    slice_column: str | None = Field(
+        None, description="Raw column with user-defined slices; read and cleaned files carry it as column 'slice'."
+    )
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:
-        cols = [c for c in (self.text_column, self.text_pair_column, self.label_column) if c]
+        cols = [c for c in (self.text_column, self.text_pair_column, self.label_column, self.slice_column) if c]
         if len(set(cols)) != len(cols):
-            raise ValueError(f"text_column, text_pair_column and label_column must differ (got {cols})")
+            raise ValueError(f"text_column, text_pair_column, label_column and slice_column must differ (got {cols})")
         return self
 
 
@@ -65,13 +73,36 @@ class ValidateConfig(Section):
     min_rows: int = Field(20, ge=1)
     min_text_chars: int = Field(1, ge=0)
     max_text_chars: int = Field(20000, ge=1)
+    min_text_tokens: int = Field(1, ge=0, description="Fewest whitespace-separated tokens a text may have.")
+    max_text_tokens: int | None = Field(
+        None, ge=1, description="Most whitespace-separated tokens a text may have; empty = no limit."
+    )
     max_null_share: float = Field(0.0, ge=0.0, le=1.0, description="Largest share of empty/null text or label allowed.")
+    max_duplicate_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Largest share of rows whose text repeats an earlier row (exact match)."
+    )
+    max_numeric_text_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Largest share of texts that are only a number (a wrongly mapped column?)."
+    )
     min_rows_per_class: int = Field(2, ge=1)
+    min_class_share: float = Field(0.0, ge=0.0, lt=1.0, description="Smallest share of the training rows per class.")
+    expectations_dir: str = Field(
+        "expectations",
+        description="Folder of the stored Great Expectations suites (<task>.rows.json, <task>.labels.json); a "
+        "missing suite file falls back to the built-in one generated from these params.",
+    )
 
 
 class CleanConfig(Section):
     unicode_form: Literal["NFC", "NFKC"] = "NFC"
     drop_duplicates: bool = True
+    max_quarantine_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Stop the run when more than this share of rows is quarantined (empty text, missing or "
+        "unknown label, conflicting labels); quarantined rows are kept in artifacts/clean/quarantine.parquet.",
+    )
     validation_size: float = Field(0.1, gt=0.0, lt=0.5)
     test_size: float = Field(0.1, gt=0.0, lt=0.5)
     seed: int = 42
@@ -106,23 +137,57 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
     max_train_rows: int | None = Field(None, ge=1, description="Use a stratified subset of the training split.")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; empty = all cores.")
+    checkpoint_every_steps: int = Field(
+        200,
+        ge=0,
+        description="Write a resumable checkpoint (model, optimiser, scheduler, RNG, batch position) every N "
+        "optimiser steps, under the state dir; one is also written at every epoch's end. 0 = epoch ends only.",
+    )
+    resume: bool = Field(
+        True, description="Resume an interrupted training run from its last checkpoint (same data, params, code)."
+    )
 
 
 class GateConfig(Section):
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor on the test metric.")
     min_improvement: float = Field(0.0, description="Required gain over the champion on the same test split.")
+    max_slice_drop: float | None = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Largest drop vs the champion allowed on any slice (per class, short/long texts, "
+        "data.slice_column); empty = slices reported, not gated.",
+    )
+    slice_min_rows: int = Field(20, ge=1, description="Slices with fewer test rows are reported but not gated.")
+    length_slice_unit: Literal["tokens", "chars"] = Field("tokens", description="How text length is measured.")
+    long_text_threshold: int = Field(64, ge=1, description="Texts longer than this (in length_slice_unit) are 'long'.")
+    max_latency_ms: float | None = Field(
+        None, gt=0.0, description="Upper bound on p95 ONNX latency at batch 1 (ms); empty = no limit."
+    )
 
 
 class ExportConfig(Section):
     opset: int = Field(17, ge=17, le=23)
     atol: float = Field(1e-4, gt=0.0, description="Max abs difference allowed between ONNX and PyTorch logits.")
     parity_rows: int = Field(64, ge=1, description="Real test rows used for the parity check.")
+    latency_runs: int = Field(
+        50, ge=0, description="Single-row ONNX runs timed for the p95 latency the gate checks; 0 = not measured."
+    )
 
 
 class RegisterConfig(Section):
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    lock: Literal["auto", "file", "postgres", "none"] = Field(
+        "auto",
+        description="Serialises 'beats the champion?' + alias move. auto: PostgreSQL advisory lock when lock_url "
+        "(or NLPOPS_LOCK_URL) is set, else a file lock under state_dir (one host).",
+    )
+    lock_url: str | None = Field(
+        None, description="postgresql://... for the advisory lock shared by every host; NLPOPS_LOCK_URL overrides."
+    )
+    lock_timeout_s: float = Field(300.0, gt=0.0, description="Give up waiting for the promotion lock after this.")
 
 
 class Params(Section):
@@ -221,5 +286,5 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | N
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        messages = [_describe(e, str(path)) for e in exc.errors()]
+        messages = [_describe(dict(e), str(path)) for e in exc.errors()]
         raise ConfigError("; ".join(messages)) from None

@@ -39,3 +39,11 @@ class RegistryError(NlpopsError):
 
 class StageInputError(NlpopsError):
     """A stage was asked to run before the stage it depends on produced its outputs."""
+
+
+class StateDirError(NlpopsError):
+    """The state dir (or another output folder) cannot be written: permissions, read-only or full disk."""
+
+
+class ServiceError(NlpopsError):
+    """A tracking or orchestration server cannot be reached, started or stopped."""

@@ -1,7 +1,8 @@
-"""Clean stage: normalise text, drop empty / duplicate / conflicting rows, map labels to ids, split.
+"""Clean stage: normalise text, quarantine unusable rows, drop duplicates and leakage, map labels to ids, split.
 
-Outputs (in `out_dir`): train/validation/test.parquet (text, [text_pair], label int64), label_map.json and
-summary.json. Same input + same params -> byte-identical outputs.
+Outputs (in `out_dir`): train/validation/test.parquet (text, [text_pair], label int64, [slice]), label_map.json,
+quarantine.parquet (source, role, row, reason, values) and summary.json. Same input + same params -> byte-identical
+outputs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Params
-from pipelines.data.load import canonical_columns, read_table
-from pipelines.errors import DataError
+from pipelines.data.load import read_table
+from pipelines.data.validate import label_values
+from pipelines.errors import DataError, DataValidationError
 
 SPLITS = ("train", "validation", "test")
+QUARANTINE = "quarantine.parquet"
 
 # Backslash escapes (AG News): "\$" -> "$"; a run of 2+ backslashes (title\\body separator) -> space.
 _BACKSLASH_RUN = re.compile(r"\\{2,}")
@@ -68,12 +71,51 @@ def clean_text(s: str, unicode_form: str = "NFC") -> str:
     return _SPACE.sub(" ", s).strip()
 
 
+# Values made only of printable ASCII and plain whitespace, with none of '&', ';', '<', '\\', need nothing but
+# whitespace collapsing: done for the whole column at once by Arrow's regex kernels. The rest go through
+# clean_text, each distinct value once.
+_NEEDS_FULL_CLEAN = r"[^\t\n\r\f\x20-\x7e]|[&;<\\]"
+
+
+def _arrow(values: pd.Series) -> Any:
+    """The values as an Arrow string array (no copy for pandas' Arrow-backed str dtype), nulls as ""."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pa.array(values.astype("str")), "")
+
+
+def _collapse_spaces(arr: Any) -> Any:
+    import pyarrow.compute as pc
+
+    # Same result as replacing r"\s+", far fewer matches (single spaces are left alone).
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"\s\s+|[\t\n\r\f]", " "))
+
+
 def clean_series(values: pd.Series, unicode_form: str = "NFC") -> pd.Series:
-    """clean_text over a Series (nulls -> ""); each distinct value is cleaned once."""
-    filled = values.astype(object).where(values.notna(), "")
-    uniques = pd.unique(filled.to_numpy())
-    cleaned = {u: clean_text(u, unicode_form) for u in uniques}
-    return pd.Series([cleaned[v] for v in filled.to_numpy()], index=values.index, dtype="str")
+    """clean_text over a Series (nulls -> ""), vectorised (Arrow kernels) where the text is plain ASCII."""
+    import pyarrow.compute as pc
+
+    arr = _arrow(values.astype("str"))
+    out = _collapse_spaces(arr).to_pandas()
+    out.index = values.index
+    fancy = pc.match_substring_regex(arr, _NEEDS_FULL_CLEAN).to_numpy(zero_copy_only=False)
+    if fancy.any():
+        subset = values.astype("str").fillna("")[fancy].to_numpy(dtype=object)
+        cleaned = {u: clean_text(u, unicode_form) for u in pd.unique(subset)}
+        out = out.copy()
+        out[fancy] = [cleaned[v] for v in subset]
+    return out.astype("str")
+
+
+def normalised_key(values: pd.Series) -> pd.Series:
+    """What makes two cleaned texts 'the same': case, punctuation and spacing ignored."""
+    import pyarrow.compute as pc
+
+    key = pc.replace_substring_regex(pc.utf8_lower(_arrow(values)), r"[^\p{L}\p{N}\s]+", " ")
+    out = _collapse_spaces(key).to_pandas()
+    out.index = values.index
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ clean_data
@@ -92,56 +134,6 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 def _rows_text(rows: list[int], limit: int = 5) -> str:
     shown = ", ".join(str(r) for r in rows[:limit])
     return f"{'row' if len(rows) == 1 else 'rows'} {shown}{', ...' if len(rows) > limit else ''}"
-
-
-def _clean_frame(frame: pd.DataFrame, text_cols: list[str], params: Params) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Clean one file's rows; returns the kept rows and what was dropped."""
-    cfg = params.clean
-    out = frame.copy()
-    for col in text_cols:
-        out[col] = clean_series(out[col], cfg.unicode_form)
-    out["label"] = out["label"].astype(object).where(out["label"].notna(), "").map(lambda v: str(v).strip())
-    counts = {"rows_in": len(out)}
-
-    empty = np.zeros(len(out), dtype=bool)
-    for col in text_cols:
-        empty |= (out[col] == "").to_numpy()
-    counts["dropped_empty"] = int(empty.sum())
-    out = out[~empty]
-
-    no_label = (out["label"] == "").to_numpy()
-    counts["dropped_missing_label"] = int(no_label.sum())
-    out = out[~no_label]
-
-    key = [*text_cols, "label"]
-    if cfg.drop_duplicates:
-        dup = out.duplicated(subset=key, keep="first").to_numpy()
-        counts["dropped_duplicates"] = int(dup.sum())
-        out = out[~dup]
-    else:
-        counts["dropped_duplicates"] = 0
-
-    n_labels = out.groupby(text_cols, sort=False)["label"].transform("nunique").to_numpy()
-    conflict = n_labels > 1
-    counts["dropped_conflicting_labels"] = int(conflict.sum())
-    out = out[~conflict]
-    counts["rows_out"] = len(out)
-    return out.reset_index(drop=True), counts
-
-
-def _check_labels(frame: pd.DataFrame, allowed: list[str], path: str, what: str) -> None:
-    unknown = frame.loc[~frame["label"].isin(allowed), ["label", "row"]]
-    if unknown.empty:
-        return
-    values = list(dict.fromkeys(unknown["label"]))
-    first = values[0]
-    rows = unknown.loc[unknown["label"] == first, "row"].tolist()
-    more = (
-        f" (+{len(values) - 1} more unknown labels: {', '.join(repr(v) for v in values[1:4])})"
-        if len(values) > 1
-        else ""
-    )
-    raise DataError(f"{path}: label {first!r} is not in {what} {allowed} ({_rows_text(rows)}){more}")
 
 
 def _target_sizes(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -220,50 +212,188 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_parquet(frame: pd.DataFrame, text_cols: list[str], path: Path) -> None:
+def _write_parquet(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrays = [pa.array(frame[c].tolist(), type=pa.string()) for c in text_cols]
-    arrays.append(pa.array(frame["label"].to_numpy(dtype=np.int64), type=pa.int64()))
-    table = pa.Table.from_arrays(arrays, names=[*text_cols, "label"])
-    pq.write_table(table, path)
+    arrays = []
+    for c in columns:
+        if c == "row" or (c == "label" and frame[c].dtype.kind in "iu"):
+            arrays.append(pa.array(frame[c].to_numpy(dtype=np.int64), type=pa.int64()))
+        else:
+            arrays.append(pa.array(frame[c].astype("str")).cast(pa.string()))
+    pq.write_table(pa.Table.from_arrays(arrays, names=columns), path)
+
+
+def _prepare(frame: pd.DataFrame, text_cols: list[str], params: Params) -> pd.DataFrame:
+    """Cleaned texts, normalised labels, the near-duplicate key, and the source row of each record."""
+    out = pd.DataFrame({c: clean_series(frame[c], params.clean.unicode_form) for c in text_cols})
+    out["label"] = label_values(frame["label"]).fillna("").astype("str")
+    if "slice" in frame.columns:
+        out["slice"] = frame["slice"].astype("str").str.strip().fillna("").replace("", "(missing)")
+    key = normalised_key(out[text_cols[0]])
+    if len(text_cols) > 1:
+        key = key + "\x1f" + normalised_key(out[text_cols[1]])
+    exact = out[text_cols[0]] if len(text_cols) == 1 else out[text_cols[0]] + "\x1f" + out[text_cols[1]]
+    out["key"] = key.where(key.str.strip("\x1f") != "", exact)  # punctuation-only texts: compare exactly
+    out["row"] = frame["row"].to_numpy()
+    return out
+
+
+def _quarantine_reasons(
+    frame: pd.DataFrame, text_cols: list[str], allowed: list[str] | None, unknown_reason: str
+) -> np.ndarray:
+    """Per row: why it cannot be used (first reason wins), or None."""
+    reasons = np.full(len(frame), None, dtype=object)
+
+    def mark(mask: np.ndarray, reason: str) -> None:
+        reasons[mask & (reasons == None)] = reason  # noqa: E711 (element-wise on an object array)
+
+    empty = np.zeros(len(frame), dtype=bool)
+    for col in text_cols:
+        empty |= (frame[col] == "").to_numpy(dtype=bool)
+    mark(empty, "empty_text")
+    mark((frame["label"] == "").to_numpy(dtype=bool), "missing_label")
+    if allowed is not None:
+        mark(~frame["label"].isin(allowed).to_numpy(dtype=bool), unknown_reason)
+    usable = reasons == None  # noqa: E711
+    labels_per_key = frame.loc[usable].groupby("key", sort=False)["label"].nunique()
+    conflicted = labels_per_key.index[labels_per_key.to_numpy() > 1]
+    if len(conflicted):
+        mark(frame["key"].isin(conflicted).to_numpy(dtype=bool), "conflicting_labels")
+    return reasons
+
+
+def data_quality_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The clean summary's counts as MLflow metrics (clean.*)."""
+    keys = (
+        "rows_in",
+        "rows_out",
+        "quarantined",
+        "quarantine_share",
+        "dropped_duplicates",
+        "dropped_near_duplicates",
+        "leakage_removed_from_train",
+    )
+    metrics = {f"clean.{k}": float(summary[k]) for k in keys if k in summary}
+    for reason, count in (summary.get("quarantine_reasons") or {}).items():
+        metrics[f"clean.quarantined.{reason}"] = float(count)
+    return metrics
 
 
 def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
-    """Clean and split the raw data into out_dir; returns the summary (also written to summary.json)."""
+    """Clean and split the raw data into out_dir; returns the summary (also written to summary.json).
+
+    Rows that cannot be used go to quarantine.parquet with a `reason`; more than clean.max_quarantine_share of
+    them stops the run (DataValidationError) before any split is written.
+    """
     data = params.data
     out_dir = Path(out_dir)
-    text_cols = [c for c in canonical_columns(data) if c != "label"]
+    text_cols = ["text", "text_pair"] if data.text_pair_column else ["text"]
+    keep_cols = [*text_cols, "label", *(["slice"] if data.slice_column else [])]
     sources = [("train", data.path), ("validation", data.validation_path), ("test", data.test_path)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*(out_dir / f"{s}.parquet" for s in SPLITS), out_dir / "label_map.json"]:
+        stale.unlink(missing_ok=True)  # a failed clean must not leave the previous run's splits behind
+
     frames: dict[str, pd.DataFrame] = {}
     inputs: list[dict[str, Any]] = []
+    quarantined: list[pd.DataFrame] = []
+    train_labels: list[str] | None = None
     for role, path in sources:
         if not path:
             continue
-        raw = read_table(path, data)
+        prepared = _prepare(read_table(path, data), text_cols, params)
+        allowed: list[str] | None
         if data.labels:
-            labels = raw["label"].astype(object).where(raw["label"].notna(), "").map(lambda v: str(v).strip())
-            present = raw.assign(label=labels)
-            _check_labels(present[present["label"] != ""], list(data.labels), path, "data.labels")
-        cleaned, counts = _clean_frame(raw, text_cols, params)
-        if cleaned.empty:
-            raise DataError(
-                f"{path}: no rows left after cleaning ({counts['rows_in']} rows in: "
-                f"{counts['dropped_empty']} with empty text, {counts['dropped_missing_label']} without a label, "
-                f"{counts['dropped_duplicates']} duplicates, "
-                f"{counts['dropped_conflicting_labels']} with conflicting labels)"
-            )
-        frames[role] = cleaned
-        inputs.append({"path": str(path), "role": role, **counts})
+            allowed, unknown_reason = list(data.labels), "unknown_label"
+        elif role != "train":
+            allowed, unknown_reason = train_labels, "label_not_in_train"
+        else:
+            allowed, unknown_reason = None, "unknown_label"
+        reasons = _quarantine_reasons(prepared, text_cols, allowed, unknown_reason)
+        bad = reasons != None  # noqa: E711
+        if bad.any():
+            q = prepared.loc[bad, ["row", *keep_cols]].copy()
+            q.insert(0, "reason", reasons[bad])
+            q.insert(0, "role", role)
+            q.insert(0, "source", str(path))
+            quarantined.append(q)
+        kept = prepared.loc[~bad]
+        counts = {"rows_in": len(prepared)}
+        for reason in ("empty_text", "missing_label", "unknown_label", "label_not_in_train", "conflicting_labels"):
+            counts[f"quarantined_{reason}"] = int((reasons == reason).sum())
+        counts["dropped_duplicates"] = counts["dropped_near_duplicates"] = 0
+        if params.clean.drop_duplicates:
+            exact = kept.duplicated(subset=[*text_cols, "label"], keep="first").to_numpy()
+            near = kept.duplicated(subset=["key", "label"], keep="first").to_numpy() & ~exact
+            counts["dropped_duplicates"], counts["dropped_near_duplicates"] = int(exact.sum()), int(near.sum())
+            kept = kept.loc[~(exact | near)]
+        frames[role] = kept.reset_index(drop=True)
+        inputs.append({"path": str(path), "role": role, **counts, "rows_kept": len(kept)})
+        if role == "train":
+            train_labels = sorted(kept["label"].unique().tolist())
 
-    if data.labels:
-        label_names = list(data.labels)
-    else:
-        label_names = _sorted_labels(set(frames["train"]["label"]))
-        for role in ("validation", "test"):
-            if role in frames:
-                _check_labels(frames[role], label_names, str(dict(sources)[role]), f"the labels of {data.path}")
+    # Leakage: a text in the validation or test file must not also be trained on.
+    leakage = 0
+    held_out = [frames[r]["key"] for r in ("validation", "test") if r in frames]
+    if held_out:
+        seen = pd.concat(held_out, ignore_index=True).unique()
+        leaked = frames["train"]["key"].isin(seen).to_numpy()
+        leakage = int(leaked.sum())
+        frames["train"] = frames["train"].loc[~leaked].reset_index(drop=True)
+    overlap_val_test = 0
+    if "validation" in frames and "test" in frames:
+        overlap_val_test = int(frames["validation"]["key"].isin(frames["test"]["key"].unique()).sum())
+
+    rows_in = sum(i["rows_in"] for i in inputs)
+    quarantine = (
+        pd.concat(quarantined, ignore_index=True)
+        if quarantined
+        else pd.DataFrame({c: pd.Series(dtype="str") for c in ["source", "role", "reason", *keep_cols]}).assign(
+            row=pd.Series(dtype="int64")
+        )
+    )
+    quarantine = quarantine[["source", "role", "row", "reason", *keep_cols]]
+    quarantine_path = out_dir / QUARANTINE
+    _write_parquet(quarantine, list(quarantine.columns), quarantine_path)
+    reason_counts = {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()}
+    share = len(quarantine) / max(rows_in, 1)
+    base: dict[str, Any] = {
+        "rows_in": rows_in,
+        "quarantined": len(quarantine),
+        "quarantine_share": round(share, 6),
+        "quarantine_reasons": reason_counts,
+        "quarantine_file": str(quarantine_path),
+        "dropped_empty": reason_counts.get("empty_text", 0),
+        "dropped_missing_label": reason_counts.get("missing_label", 0),
+        "dropped_conflicting_labels": reason_counts.get("conflicting_labels", 0),
+        "dropped_duplicates": sum(i["dropped_duplicates"] for i in inputs),
+        "dropped_near_duplicates": sum(i["dropped_near_duplicates"] for i in inputs),
+        "leakage_removed_from_train": leakage,
+        "overlap_validation_test": overlap_val_test,
+    }
+    limit = params.clean.max_quarantine_share
+    emptied = [i for i in inputs if not len(frames[i["role"]])]
+    if share > limit or emptied:
+        worst = (
+            emptied[0] if emptied else max(inputs, key=lambda i: sum(i[k] for k in i if k.startswith("quarantined_")))
+        )
+        shown = ", ".join(f"{n} {r}" for r, n in sorted(reason_counts.items(), key=lambda x: -x[1]))
+        examples = quarantine.loc[quarantine["source"] == worst["path"], "row"].tolist()
+        if share > limit:
+            what = f"more than clean.max_quarantine_share={100 * limit:.1f}%"
+        else:
+            what = f"no usable {worst['role']} rows left"
+        message = (
+            f"{worst['path']}: {len(quarantine)} of {rows_in} rows ({100 * share:.1f}%) quarantined, {what} "
+            f"({shown}; {_rows_text(examples)}); see {quarantine_path}"
+        )
+        failed = {**base, "failed": message, "inputs": inputs}
+        (out_dir / "summary.json").write_text(json.dumps(failed, indent=2, ensure_ascii=False) + "\n")
+        raise DataValidationError(message, report_path=str(quarantine_path))
+
+    label_names = list(data.labels) if data.labels else _sorted_labels(set(frames["train"]["label"].unique().tolist()))
     label2id = {name: i for i, name in enumerate(label_names)}
 
     main = frames["train"]
@@ -276,7 +406,7 @@ def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
     splits: dict[str, pd.DataFrame] = {k: v for k, v in frames.items() if k != "train"}
     if missing:
         rng = np.random.default_rng(params.clean.seed)
-        ids = main["label"].map(label2id).to_numpy()
+        ids = pd.Categorical(main["label"], categories=label_names).codes.astype(np.int64)
         parts, stratified, note = _split_indices(ids, missing, rng, data.path, label_names)
         for name, idx in parts.items():
             splits[name] = main.iloc[idx]
@@ -284,20 +414,27 @@ def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
         splits["train"] = main
         stratified, note = False, "validation and test splits read from data.validation_path / data.test_path"
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
     class_counts: dict[str, dict[str, int]] = {}
     digests: dict[str, str] = {}
+    present = set(main["label"].unique().tolist())
     for name in SPLITS:
         part = splits[name]
         if part.empty:
             raise DataError(f"{data.path}: the {name} split is empty after cleaning")
-        frame = part[text_cols].reset_index(drop=True)
-        frame["label"] = part["label"].map(label2id).astype("int64").to_numpy()
-        target = out_dir / f"{name}.parquet"
-        _write_parquet(frame, text_cols, target)
-        sizes[name] = len(frame)
         vc = part["label"].value_counts()
+        absent = [label for label in label_names if label in present and not vc.get(label, 0)]
+        if absent:
+            have = int((main["label"] == absent[0]).sum())
+            raise DataError(
+                f"{data.path}: class {absent[0]!r} has no rows in the {name} split ({have} usable rows in all); "
+                "every class must appear in every split: add rows, or raise validate.min_rows_per_class"
+            )
+        frame = part[keep_cols].reset_index(drop=True)
+        frame["label"] = pd.Categorical(part["label"], categories=label_names).codes.astype(np.int64)
+        target = out_dir / f"{name}.parquet"
+        _write_parquet(frame, keep_cols, target)
+        sizes[name] = len(frame)
         class_counts[name] = {label: int(vc.get(label, 0)) for label in label_names}
         digests[target.name] = _sha256(target)
 
@@ -305,19 +442,10 @@ def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
     map_path = out_dir / "label_map.json"
     map_path.write_text(json.dumps(label_map, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     digests[map_path.name] = _sha256(map_path)
+    digests[QUARANTINE] = _sha256(quarantine_path)
 
-    totals = {
-        k: sum(int(i[k]) for i in inputs)
-        for k in (
-            "rows_in",
-            "dropped_empty",
-            "dropped_missing_label",
-            "dropped_duplicates",
-            "dropped_conflicting_labels",
-        )
-    }
     summary: dict[str, Any] = {
-        **totals,
+        **base,
         "rows_out": sum(sizes.values()),
         "splits": sizes,
         "class_counts": class_counts,

@@ -31,7 +31,7 @@ class TaskPlugin(ABC):
         """Token ids (unpadded) and labels for each row: columns of the tokenised split."""
 
     @abstractmethod
-    def model_class(self) -> type:
+    def model_class(self) -> Any:
         """The transformers Auto class with the right head."""
 
     @abstractmethod

@@ -81,7 +81,7 @@ class TextClassification(TaskPlugin):
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 
-    def model_class(self) -> type:
+    def model_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification

@@ -12,7 +12,7 @@ import pytest
 from pipelines.config import DataConfig, Params
 from pipelines.data.clean import clean_data, clean_series, clean_text
 from pipelines.data.load import read_table
-from pipelines.errors import DataError
+from pipelines.errors import DataError, DataValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -98,15 +98,22 @@ def test_clean_data_counts_and_outputs(tmp_path: Path) -> None:
         ("same words, two labels", "negative"),
         ("same  words, two labels", "positive"),
         ("Fish &amp; chips", "positive"),
+        ("Review number 1 is POSITIVE!", "positive"),  # near duplicate of row 1 (case, punctuation)
     ]
     path = write_csv(tmp_path / "raw.csv", rows)
     out = tmp_path / "clean"
     summary = clean_data(make_params(tmp_path, {"path": str(path)}), out)
 
-    assert summary["rows_in"] == 68
+    assert summary["rows_in"] == 69
     assert summary["dropped_empty"] == 2
-    assert summary["dropped_duplicates"] == 3  # two copies of row 0 + one of the conflicting positive text
-    assert summary["dropped_conflicting_labels"] == 2  # all remaining copies of the conflicting text
+    assert summary["dropped_duplicates"] == 2  # two copies of row 0 (one only once whitespace is collapsed)
+    assert summary["dropped_near_duplicates"] == 1
+    assert summary["dropped_conflicting_labels"] == 3  # every copy of the text that carries both labels
+    assert summary["quarantined"] == 5 and summary["quarantine_reasons"] == {"conflicting_labels": 3, "empty_text": 2}
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert list(quarantine.columns) == ["source", "role", "row", "reason", "text", "label"]
+    assert sorted(quarantine["row"].tolist()) == [62, 63, 66, 67, 68]  # source lines (header is line 1)
+    assert set(quarantine.loc[quarantine["row"] == 62, "reason"]) == {"empty_text"}
     assert summary["rows_out"] == 61 == sum(summary["splits"].values())
     assert summary["splits"] == {"train": 49, "validation": 6, "test": 6}
     assert summary["stratified"] is True
@@ -141,12 +148,12 @@ def test_clean_data_is_deterministic(tmp_path: Path) -> None:
     assert other["splits"] == first["splits"] == {"train": 160, "validation": 20, "test": 20}
 
 
-def test_small_class_falls_back_to_plain_split(tmp_path: Path) -> None:
+def test_a_class_too_small_for_every_split_stops_with_its_name(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "raw.csv", [*balanced_rows(40), ("a lonely rare review", "rare")])
-    summary = clean_data(make_params(tmp_path, {"path": str(path)}), tmp_path / "out")
-    assert summary["stratified"] is False
-    assert "'rare'" in summary["split_note"]
-    assert all(n > 0 for n in summary["splits"].values())
+    with pytest.raises(
+        DataError, match=r"raw\.csv: class 'rare' has no rows in the \w+ split \(1 usable rows in all\)"
+    ):
+        clean_data(make_params(tmp_path, {"path": str(path)}), tmp_path / "out")
 
 
 def test_declared_labels_order_and_unknown_label(tmp_path: Path) -> None:
@@ -157,9 +164,22 @@ def test_declared_labels_order_and_unknown_label(tmp_path: Path) -> None:
 
     bad = write_csv(tmp_path / "bad.csv", [*balanced_rows(30), ("meh", "neutral"), ("so-so", "neutral")])
     params = make_params(tmp_path, {"path": str(bad), "labels": ["positive", "negative"]})
-    with pytest.raises(DataError) as err:
-        clean_data(params, tmp_path / "out2")
-    assert str(err.value) == (f"{bad}: label 'neutral' is not in data.labels ['positive', 'negative'] (rows 32, 33)")
+    summary = clean_data(params, tmp_path / "out2")  # 2 of 32 rows (6.2%) quarantined: under the 10% default
+    assert summary["quarantine_reasons"] == {"unknown_label": 2} and summary["rows_out"] == 30
+    quarantine = pd.read_parquet(tmp_path / "out2" / "quarantine.parquet")
+    assert quarantine["row"].tolist() == [32, 33] and set(quarantine["label"]) == {"neutral"}
+
+    strict = make_params(
+        tmp_path, {"path": str(bad), "labels": ["positive", "negative"]}, clean={"max_quarantine_share": 0.05}
+    )
+    with pytest.raises(DataValidationError) as err:
+        clean_data(strict, tmp_path / "out2")
+    assert str(err.value) == (
+        f"{bad}: 2 of 32 rows (6.2%) quarantined, more than clean.max_quarantine_share=5.0% "
+        f"(2 unknown_label; rows 32, 33); see {tmp_path / 'out2' / 'quarantine.parquet'}"
+    )
+    assert err.value.report_path == str(tmp_path / "out2" / "quarantine.parquet")
+    assert not (tmp_path / "out2" / "train.parquet").exists()  # the previous run's splits are gone
 
 
 def test_integer_labels_sort_numerically(tmp_path: Path) -> None:
@@ -184,7 +204,9 @@ def test_user_splits_and_pairs(tmp_path: Path) -> None:
     bad_val = write_csv(tmp_path / "bad_val.csv", [("vp", "vh", "maybe")], header)
     data["validation_path"] = str(bad_val)
     with pytest.raises(
-        DataError, match=r"bad_val\.csv: label 'maybe' is not in the labels of .*train\.csv \['no', 'yes'\] \(row 2\)"
+        DataValidationError,
+        match=r"bad_val\.csv: 1 of 51 rows \(2\.0%\) quarantined, no usable validation rows left "
+        r"\(1 label_not_in_train; row 2\)",
     ):
         clean_data(make_params(tmp_path, data), tmp_path / "out2")
 
@@ -203,3 +225,52 @@ def test_demo_reviews_clean(tmp_path: Path) -> None:
     assert 380 <= summary["rows_out"] <= 420
     texts = pd.concat(pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "validation", "test"))
     assert not texts["text"].str.contains("&amp;|&quot;|  ", regex=True).any()
+
+
+def test_leakage_between_files_is_removed_from_train(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", balanced_rows(60))
+    test = write_csv(
+        tmp_path / "test.csv",
+        [
+            ("REVIEW NUMBER 3 is positive!!", "positive"),
+            ("Review number 4, is negative", "negative"),
+            ("a held-out review", "negative"),
+            ("another held-out one", "positive"),
+        ],
+    )
+    summary = clean_data(make_params(tmp_path, {"path": str(train), "test_path": str(test)}), tmp_path / "out")
+    assert summary["leakage_removed_from_train"] == 2
+    kept = pd.concat(pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ("train", "validation"))
+    assert not kept["text"].isin(["review number 3 is positive", "review number 4 is negative"]).any()
+    assert summary["splits"]["test"] == 4 and summary["rows_out"] == 62
+
+
+def test_slice_column_is_carried_into_every_split(tmp_path: Path) -> None:
+    rows = [(t, label, "web" if i % 3 else "mail") for i, (t, label) in enumerate(balanced_rows(60))]
+    path = write_csv(tmp_path / "raw.csv", rows, header=("text", "label", "channel"))
+    clean_data(make_params(tmp_path, {"path": str(path), "slice_column": "channel"}), tmp_path / "out")
+    for split in ("train", "validation", "test"):
+        frame = pd.read_parquet(tmp_path / "out" / f"{split}.parquet")
+        assert list(frame.columns) == ["text", "label", "slice"]
+        assert set(frame["slice"]) <= {"web", "mail"}
+
+
+def test_clean_series_fast_path_matches_clean_text() -> None:
+    values = pd.Series(
+        ["  plain   ascii\ttext ", "caf\u00e9 &amp; cr\u00e8me", "x <b>bold</b>", "a\\$1", None, "", "tab\there"]
+    )
+    assert clean_series(values).tolist() == [clean_text(v) if v else "" for v in values]
+
+
+def test_data_quality_metrics_for_mlflow() -> None:
+    from pipelines.data.clean import data_quality_metrics
+
+    metrics = data_quality_metrics(
+        {"rows_in": 10, "quarantined": 2, "quarantine_share": 0.2, "quarantine_reasons": {"empty_text": 2}}
+    )
+    assert metrics == {
+        "clean.rows_in": 10.0,
+        "clean.quarantined": 2.0,
+        "clean.quarantine_share": 0.2,
+        "clean.quarantined.empty_text": 2.0,
+    }

@@ -157,3 +157,46 @@ def test_reads_real_rte_pairs() -> None:
     assert len(df) == 2127
     assert set(df["label"]) == {"entailment", "not_entailment"}
     assert df["row"].iloc[0] == 2 and df["row"].iloc[-1] == 2128
+
+
+def test_fast_and_exact_parsers_agree_on_values_and_row_numbers(tmp_path: Path) -> None:
+    body = "".join(f'"row {i}, with a comma",{i % 2}\n' for i in range(50))
+    fast = read_table(write(tmp_path / "fast.csv", "text,label\n" + body), cfg())  # one line per record
+    exact = read_table(write(tmp_path / "exact.csv", "text,label\n\n" + body), cfg())  # blank line: exact parser
+    assert fast["text"].tolist() == exact["text"].tolist() and fast["label"].tolist() == exact["label"].tolist()
+    assert fast["row"].tolist() == list(range(2, 52)) and exact["row"].tolist() == list(range(3, 53))
+
+
+def test_unterminated_quote_names_the_line_where_it_opens(tmp_path: Path) -> None:
+    text = "text,label\nfine,a\n" + '"never closed,b\n' + "".join(f"more {i},a\n" for i in range(5))
+    with pytest.raises(DataError, match=r"line 3: malformed CSV \(a quoted field opened here is never closed"):
+        read_table(write(tmp_path / "q.csv", text), cfg())
+
+
+def test_wrong_delimiter_and_partial_header_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"the first row looks ';'-separated"):
+        read_table(write(tmp_path / "semi.csv", "text;label\nhello;a\n"), cfg())
+    with pytest.raises(DataError, match=r"looks TAB-separated \(data\.format=tsv\)"):
+        read_table(write(tmp_path / "tabs.csv", "text\tlabel\nhello\ta\n"), cfg())
+    with pytest.raises(DataError, match=r"missing column 'label' \(columns found: \['text', 'sentiment'\]\)"):
+        read_table(write(tmp_path / "partial.csv", "text,sentiment\nhello,a\n"), cfg())
+
+
+def test_encoding_fallback_is_explicit_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\u00e9 cr\u00e8me,1\n".encode("latin-1"))
+    with caplog.at_level("WARNING", logger="nlpops.data"):
+        frame = read_table(path, cfg(encoding_fallback="latin-1"))
+    assert frame["text"].tolist() == ["caf\u00e9 cr\u00e8me"] and frame.attrs["encoding"] == "latin-1"
+    assert "decoded as latin-1 (data.encoding_fallback)" in caplog.text and "line 2" in caplog.text
+
+
+def test_binary_junk_without_nul_bytes_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "junk.csv", "text,label\n" + "".join(chr(c) for c in range(1, 9)) * 20 + ",a\n")
+    with pytest.raises(DataError, match=r"looks like a binary file \(\d+ control bytes"):
+        read_table(path, cfg())
+
+
+def test_slice_column_is_read_as_slice(tmp_path: Path) -> None:
+    df = read_table(write(tmp_path / "s.csv", "text,label,channel\nhi,a,web\n"), cfg(slice_column="channel"))
+    assert list(df.columns) == ["text", "label", "slice", "row"] and df["slice"].tolist() == ["web"]

@@ -1,15 +1,24 @@
-"""Test-split metrics, plots for DVC, and the champion/challenger gate (a pure function)."""
+"""Test-split metrics, slices, plots for DVC, and the champion/challenger gate (a pure function).
+
+The gate is decided twice with the same function: `evaluate` runs it on metrics alone (parity and latency are not
+known yet, so those checks are *pending*), and `register` makes the final decision, under the promotion lock, with
+the champion as it is at that moment plus the ONNX parity and latency that `export` measured.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.config import GateConfig
+from pipelines.config import GateConfig, stable_hash
+
+# A float compared after JSON round-trips (tags hold str(float)) must not fail on the last bit.
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,7 @@ class GateCheck:
     name: str
     passed: bool
     detail: str
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -27,13 +37,142 @@ class GateDecision:
     champion: float | None
     champion_version: str | None
     checks: list[GateCheck] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        """True once parity and latency were part of the decision (the register stage)."""
+        return not self.pending
 
     @property
     def reasons(self) -> list[str]:
         return [c.detail for c in self.checks]
 
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.passed]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reasons": self.reasons}
+        return {**asdict(self), "final": self.final, "reasons": self.reasons}
+
+    def summary(self, limit: int = 4900) -> str:
+        """Compact JSON for a model-version tag (MLflow caps tag values at 5000 chars)."""
+        data: dict[str, Any] = {
+            "passed": self.passed,
+            "final": self.final,
+            "metric": self.metric,
+            "challenger": round(self.challenger, 6),
+            "champion": None if self.champion is None else round(self.champion, 6),
+            "champion_version": self.champion_version,
+            "failed": [c.detail for c in self.failed],
+            "checks": {c.name: c.passed for c in self.checks},
+        }
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text) > limit:
+            data["checks"] = {"total": len(self.checks), "failed": len(self.failed)}
+            data["failed"] = [d[:300] for d in data["failed"][:10]]
+            text = json.dumps(data, separators=(",", ":"))[:limit]
+        return text
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+def slice_membership(
+    labels: Any,
+    id2label: dict[int, str],
+    lengths: Any | None,
+    long_threshold: int,
+    groups: Sequence[Any] | None = None,
+    group_column: str | None = None,
+) -> dict[str, list[int]]:
+    """Row indices of every slice: `class=<label>`, `length=short|long`, `<group_column>=<value>`."""
+    label_ids = np.asarray(labels, dtype=np.int64)
+    members: dict[str, list[int]] = {}
+    for i, name in sorted(id2label.items()):
+        members[f"class={name}"] = np.flatnonzero(label_ids == i).tolist()
+    if lengths is not None:
+        sizes = np.asarray(lengths)
+        members["length=short"] = np.flatnonzero(sizes <= long_threshold).tolist()
+        members["length=long"] = np.flatnonzero(sizes > long_threshold).tolist()
+    if groups is not None and group_column:
+        values = ["" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g) for g in groups]
+        for value in sorted(set(values)):
+            members[f"{group_column}={value or '(empty)'}"] = [i for i, v in enumerate(values) if v == value]
+    return members
+
+
+def membership_digest(members: dict[str, list[int]]) -> str:
+    """Same digest = same rows in every slice: recorded slice metrics of two models are then comparable."""
+    return stable_hash(members)
+
+
+def score_slices(
+    predictions: Any,
+    labels: Any,
+    members: dict[str, list[int]],
+    id2label: dict[int, str],
+    metric: str,
+) -> dict[str, dict[str, Any]]:
+    """{slice: {value, rows, metric}}: a class slice scores that class's F1 (over the whole split, so false
+    positives count); any other slice scores the gate metric on its rows."""
+    from pipelines.tasks.text_classification import classification_metrics
+
+    predicted = np.asarray(predictions, dtype=np.int64)
+    truth = np.asarray(labels, dtype=np.int64)
+    overall = classification_metrics(predicted, truth, id2label)
+    out: dict[str, dict[str, Any]] = {}
+    for name, idx in members.items():
+        if name.startswith("class="):
+            label = name.removeprefix("class=")
+            stats = overall["per_class"][label]
+            out[name] = {"value": float(stats["f1"]), "rows": int(stats["support"]), "metric": "f1"}
+        elif idx:
+            sub = classification_metrics(predicted[idx], truth[idx], id2label)
+            out[name] = {"value": float(sub[metric]), "rows": len(idx), "metric": metric}
+        else:
+            out[name] = {"value": None, "rows": 0, "metric": metric}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+
+
+def _slice_checks(
+    challenger: dict[str, dict[str, Any]],
+    champion: dict[str, dict[str, Any]] | None,
+    cfg: GateConfig,
+    champion_version: str | None,
+) -> list[GateCheck]:
+    if cfg.max_slice_drop is None:
+        return []
+    if not champion:
+        return [GateCheck("slices", True, "champion has no slice metrics on this test split: slices not compared")]
+    checks = []
+    for name in sorted(challenger):
+        mine, theirs = challenger[name], champion.get(name)
+        if theirs is None or mine.get("value") is None or theirs.get("value") is None:
+            continue
+        if int(mine.get("rows", 0)) < cfg.slice_min_rows:
+            continue
+        new, old = float(mine["value"]), float(theirs["value"])
+        drop = old - new
+        ok = drop <= cfg.max_slice_drop + _EPS
+        checks.append(
+            GateCheck(
+                f"slice:{name}",
+                ok,
+                f"slice {name} {mine.get('metric', '')} {new:.4f} vs champion v{champion_version} {old:.4f}: "
+                f"drop {max(drop, 0.0):.4f} {'<=' if ok else '>'} max_slice_drop {cfg.max_slice_drop:.4f} "
+                f"({mine.get('rows')} rows)",
+                {"challenger": new, "champion": old, "drop": drop, "rows": int(mine.get("rows", 0))},
+            )
+        )
+    if not checks:
+        checks.append(
+            GateCheck("slices", True, f"no slice has {cfg.slice_min_rows}+ rows in both models: slices not compared")
+        )
+    return checks
 
 
 def decide_gate(
@@ -41,26 +180,36 @@ def decide_gate(
     cfg: GateConfig,
     champion_metrics: dict[str, Any] | None = None,
     champion_version: str | None = None,
+    parity: dict[str, Any] | None = None,
+    latency_p95_ms: float | None = None,
 ) -> GateDecision:
     """Challenger metrics + thresholds + champion metrics (same test split) → pass/fail with reasons.
 
-    No champion yet: only the absolute floor applies. With a champion: the challenger must also beat it by at
-    least `min_improvement` on the gate metric. A tie never replaces the champion unless min_improvement < 0.
+    Checks: the absolute floor `min_score`; with a champion, a gain of at least `min_improvement` (strictly better
+    when it is 0) and no slice (`metrics["slices"]`) dropping more than `max_slice_drop`; ONNX parity passed; p95
+    latency at batch 1 under `max_latency_ms`. No champion → absolute checks only. `parity=None` means export has
+    not run yet: parity and latency are then listed as pending instead of checked.
     """
     name = cfg.metric
     value = float(metrics[name])
     checks = [
         GateCheck(
             "min_score",
-            value >= cfg.min_score,
-            f"{name} {value:.4f} {'>=' if value >= cfg.min_score else '<'} min_score {cfg.min_score:.4f}",
+            value >= cfg.min_score - _EPS,
+            f"{name} {value:.4f} {'>=' if value >= cfg.min_score - _EPS else '<'} min_score {cfg.min_score:.4f}",
+            {"challenger": value, "min_score": cfg.min_score},
         )
     ]
     champion_value = None
-    if champion_metrics is not None and name in champion_metrics:
+    if champion_metrics is not None and champion_metrics.get(name) is not None:
         champion_value = float(champion_metrics[name])
         gain = value - champion_value
-        ok = gain >= cfg.min_improvement if cfg.min_improvement else gain > 0
+        # A tie never replaces the champion; only a negative min_improvement (an explicit opt-in) allows worse.
+        ok = (
+            gain >= cfg.min_improvement - _EPS
+            if cfg.min_improvement < 0
+            else gain > 0 and gain >= cfg.min_improvement - _EPS
+        )
         checks.append(
             GateCheck(
                 "beats_champion",
@@ -68,10 +217,28 @@ def decide_gate(
                 f"{name} {value:.4f} vs champion v{champion_version} {champion_value:.4f}: "
                 f"gain {gain:+.4f} {'meets' if ok else 'misses'} min_improvement {cfg.min_improvement:+.4f}"
                 + ("" if cfg.min_improvement else " (must be strictly better)"),
+                {"challenger": value, "champion": champion_value, "gain": gain},
             )
         )
+        checks += _slice_checks(metrics.get("slices") or {}, champion_metrics.get("slices"), cfg, champion_version)
     else:
-        checks.append(GateCheck("beats_champion", True, "no champion yet: absolute threshold only"))
+        checks.append(GateCheck("beats_champion", True, "no champion yet: absolute thresholds only"))
+    pending = []
+    if parity is None:
+        pending += ["onnx_parity", "latency"]
+    else:
+        diff, atol = parity.get("max_abs_diff"), parity.get("atol")
+        ok = bool(parity.get("passed"))
+        checks.append(
+            GateCheck(
+                "onnx_parity",
+                ok,
+                f"ONNX parity {'passed' if ok else 'FAILED'}: max abs diff {_num(diff)} vs atol {_num(atol)} "
+                f"on {parity.get('rows', '?')} rows, {parity.get('label_mismatches', '?')} label mismatches",
+                {"max_abs_diff": diff, "atol": atol},
+            )
+        )
+        checks.append(_latency_check(latency_p95_ms, cfg.max_latency_ms))
     return GateDecision(
         passed=all(c.passed for c in checks),
         metric=name,
@@ -79,7 +246,28 @@ def decide_gate(
         champion=champion_value,
         champion_version=champion_version,
         checks=checks,
+        pending=pending,
     )
+
+
+def _latency_check(p95: float | None, limit: float | None) -> GateCheck:
+    values = {"p95_ms": p95, "max_latency_ms": limit}
+    if limit is None:
+        measured = f"p95 {p95:.2f} ms" if p95 is not None else "not measured"
+        return GateCheck("latency", True, f"no latency limit set (batch-1 {measured})", values)
+    if p95 is None:
+        return GateCheck("latency", False, f"p95 latency not measured (export.latency_runs=0) but limit {limit} ms set")
+    ok = p95 <= limit
+    return GateCheck(
+        "latency", ok, f"p95 ONNX latency at batch 1 {p95:.2f} ms {'<=' if ok else '>'} max {limit:.2f} ms", values
+    )
+
+
+def _num(value: Any) -> str:
+    try:
+        return f"{float(value):.2e}"
+    except (TypeError, ValueError):
+        return "?"
 
 
 def plot_confusion_matrix(confusion: list[list[int]], labels: list[str], path: Path) -> None:
@@ -89,7 +277,7 @@ def plot_confusion_matrix(confusion: list[list[int]], labels: list[str], path: P
     import matplotlib.pyplot as plt
 
     matrix = np.asarray(confusion)
-    size = max(3.0, 0.6 * len(labels) + 2)
+    size = max(4.5, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")

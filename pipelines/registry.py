@@ -1,7 +1,13 @@
-"""MLflow model registry: register the ONNX challenger, move aliases, keep an alias history.
+"""MLflow model registry: register the ONNX challenger, promote, roll back, keep an alias history.
 
 Every alias move is recorded in the registry itself, as a registered-model tag
-`nlpops.alias_event.<epoch-ms>` holding JSON {alias, from, to, by, at, reason}.
+`nlpops.alias_event.<epoch-ms>.<random>` holding JSON {seq, alias, action, from, to, by, at, reason, forced}.
+`seq` orders the events (assigned under the promotion lock, so it is gap-free and clock-independent).
+
+Every move happens under the promotion lock (pipelines.registry_lock): reading the champion, deciding and moving
+the alias are one step, so concurrent registrations cannot both end as champion. A move whose history record cannot
+be written is undone, so an alias never moves without a record; a failure before the move leaves aliases as they
+were.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import io
 import json
 import os
 import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pipelines.errors import RegistryError
+from pipelines.registry_lock import LockSettings
 
 EVENT_PREFIX = "nlpops.alias_event."
+GATE_FINAL_TAG = "gate.final_at"
+REASON_CHARS = 1000
 
 
 def _client() -> Any:
@@ -33,6 +43,10 @@ def actor() -> str:
         return os.environ.get("NLPOPS_ACTOR") or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -52,95 +66,286 @@ def alias_version(name: str, alias: str) -> Any | None:
         raise RegistryError(f"registry: cannot read alias {alias!r} of {name!r}: {exc}") from None
 
 
+def get_version(name: str, version: str) -> Any:
+    """The ModelVersion, or RegistryError naming what exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _is_missing(exc) or "INVALID_PARAMETER" in str(getattr(exc, "error_code", "")):
+            raise RegistryError(f"registry: {name!r} has no version {version!r} (see `nlpops models list`)") from None
+        raise RegistryError(f"registry: cannot read {name!r} v{version}: {exc}") from None
+
+
 def version_for_run(name: str, run_id: str) -> Any | None:
     """The version already registered from this run (re-running register must not add a duplicate)."""
     versions = _client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def record_alias_event(name: str, alias: str, old: str | None, new: str | None, reason: str) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------------ history
+
+
+def _event_records(name: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        model = _client().get_registered_model(name)
+    except Exception as exc:
+        if _is_missing(exc):
+            return []
+        raise RegistryError(f"registry: cannot read {name!r}: {exc}") from None
+    records = []
+    for key, value in (model.tags or {}).items():
+        if key.startswith(EVENT_PREFIX):
+            try:
+                records.append((key, json.loads(value)))
+            except json.JSONDecodeError:
+                records.append((key, {"alias": "?", "from": None, "to": None, "reason": f"unreadable: {value[:80]}"}))
+    # Events written before `seq` existed sort first, by their millisecond key.
+    return sorted(records, key=lambda kv: (int(kv[1].get("seq", 0)), kv[0]))
+
+
+def alias_history(name: str, alias: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+    """Alias moves, oldest first; optionally only one alias's, or only those to/from one version."""
+    events = [e for _, e in _event_records(name)]
+    if alias is not None:
+        events = [e for e in events if e.get("alias") == alias]
+    if version is not None:
+        events = [e for e in events if str(version) in (str(e.get("from")), str(e.get("to")))]
+    return events
+
+
+def record_alias_event(
+    name: str,
+    alias: str,
+    old: str | None,
+    new: str | None,
+    reason: str,
+    action: str = "move",
+    forced: bool = False,
+) -> dict[str, Any]:
+    """Write one history record (call under the promotion lock: `seq` is last seq + 1)."""
+    records = _event_records(name)
+    seq = max((int(e.get("seq", 0)) for _, e in records), default=0) + 1
     event = {
+        "seq": seq,
         "alias": alias,
+        "action": action,
         "from": old,
         "to": new,
         "by": actor(),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reason": reason,
+        "at": _now(),
+        "reason": reason[:REASON_CHARS],
+        "forced": forced,
     }
-    # Millisecond key + a short sleep keeps keys unique and ordered for back-to-back moves.
-    key = f"{EVENT_PREFIX}{time.time_ns() // 1_000_000:013d}"
-    time.sleep(0.002)
+    # Milliseconds keep keys in time order; the random suffix keeps them unique even across hosts.
+    key = f"{EVENT_PREFIX}{time.time_ns() // 1_000_000:013d}.{uuid.uuid4().hex[:8]}"
     _client().set_registered_model_tag(name, key, json.dumps(event))
     return event
 
 
-def alias_history(name: str) -> list[dict[str, Any]]:
-    model = _client().get_registered_model(name)
-    events = [(k, v) for k, v in (model.tags or {}).items() if k.startswith(EVENT_PREFIX)]
-    return [json.loads(v) for _, v in sorted(events)]
+def _set_alias(name: str, alias: str, version: str | None) -> None:
+    client = _client()
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, str(version))
 
 
-def move_alias(name: str, alias: str, version: str, reason: str) -> dict[str, Any]:
-    """Point alias at version and record who/when/why; a no-op move is not recorded twice."""
+def move_alias(
+    name: str, alias: str, version: str, reason: str, action: str = "move", forced: bool = False
+) -> dict[str, Any]:
+    """Point alias at version and record who/when/from/to/why (call under the promotion lock).
+
+    A no-op move is not recorded twice. If the history record cannot be written, the alias is put back where it
+    was, so a move is never left unrecorded.
+    """
     current = alias_version(name, alias)
     old = str(current.version) if current is not None else None
     if old == str(version):
         return {"alias": alias, "from": old, "to": old, "unchanged": True}
-    _client().set_registered_model_alias(name, alias, str(version))
-    return record_alias_event(name, alias, old, str(version), reason)
+    try:
+        _set_alias(name, alias, str(version))
+    except Exception as exc:
+        raise RegistryError(f"registry: cannot move {alias!r} of {name!r} to v{version} ({exc}); unchanged") from None
+    try:
+        return record_alias_event(name, alias, old, str(version), reason, action, forced)
+    except Exception as exc:
+        try:
+            _set_alias(name, alias, old)
+            state = f"put back on v{old}" if old else "removed again"
+        except Exception:
+            state = f"may now point at v{version} without a history record; check `nlpops models history`"
+        raise RegistryError(
+            f"registry: moved {alias!r} of {name!r} to v{version} but could not record it ({exc}); alias {state}"
+        ) from None
+
+
+def champion_stack(events: list[dict[str, Any]], alias: str, current: str | None) -> list[str]:
+    """Versions that held `alias`, oldest first, replaying promotions (push) and rollbacks (pop).
+
+    The last entry is the current holder, the one before it is where `rollback` goes.
+    """
+    stack: list[str] = []
+    for e in events:
+        if e.get("alias") != alias or e.get("to") is None:
+            continue
+        if e.get("action") == "rollback":
+            while stack and stack[-1] != str(e["to"]):
+                stack.pop()
+            if not stack:
+                stack.append(str(e["to"]))
+        else:
+            if e.get("from") is not None and (not stack or stack[-1] != str(e["from"])):
+                stack.append(str(e["from"]))  # a move made outside nlpops, or history that began mid-way
+            stack.append(str(e["to"]))
+    if current is not None and (not stack or stack[-1] != current):
+        stack.append(current)  # the alias was moved outside nlpops
+    return stack
+
+
+# ------------------------------------------------------------------------------------------------ register
 
 
 def register_challenger(
     name: str,
     run_id: str,
-    export_dir: Path,
+    log_model: Callable[[], str],
     tags: dict[str, str],
-    promote: bool,
+    decide: Callable[[Any | None], Any],
     challenger_alias: str,
     champion_alias: str,
-    reason: str,
+    lock: LockSettings,
 ) -> dict[str, Any]:
-    """Log the ONNX pyfunc on the run, register it (once per run), alias it challenger, champion if promote."""
-    import mlflow
+    """Register the run's model once, decide the final gate against the champion of *this moment*, move aliases.
 
-    from pipelines.serving import log_onnx_pyfunc
-
+    `log_model()` logs the model on the run and returns its URI (skipped when the run already has a version).
+    `decide(champion_version_or_None)` returns a GateDecision. Deciding and moving `champion` happen under the
+    promotion lock. Re-running for a run whose version already has a final decision changes nothing.
+    """
     existing = version_for_run(name, run_id)
-    if existing is not None:
-        version = existing
-        reused = True
-    else:
-        with mlflow.start_run(run_id=run_id):
-            info = log_onnx_pyfunc(export_dir, name="model")
-        # register_model prints progress to stderr itself; the run summary says what happened instead.
-        with contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(info.model_uri, name, tags=tags)
-        reused = False
-    client = _client()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    events = [move_alias(name, challenger_alias, version.version, "new challenger from run " + run_id)]
-    previous = alias_version(name, champion_alias)
-    if promote:
-        events.append(move_alias(name, champion_alias, version.version, reason))
-    champion = alias_version(name, champion_alias)
-    return {
+    uri = log_model() if existing is None else None
+    with lock.hold(name) as backend:
+        version = version_for_run(name, run_id)  # another process may have registered this run meanwhile
+        reused = version is not None
+        if version is None:
+            import mlflow
+
+            # register_model prints progress to stderr itself; the run summary says what happened instead.
+            with contextlib.redirect_stderr(io.StringIO()):
+                version = mlflow.register_model(uri, name, tags={**tags, "registered.by": actor()})
+        number = str(version.version)
+        current = get_version(name, number)
+        previous = alias_version(name, champion_alias)
+        if reused and (current.tags or {}).get(GATE_FINAL_TAG):
+            return _result(name, number, version, run_id, True, False, previous, previous, [], current.tags, backend)
+        client = _client()
+        for key, value in tags.items():
+            client.set_model_version_tag(name, number, key, value)
+        decision = decide(previous)
+        client.set_model_version_tag(name, number, "gate.passed", str(decision.passed).lower())
+        client.set_model_version_tag(name, number, "gate.decision", decision.summary())
+        events = [move_alias(name, challenger_alias, number, f"new challenger from run {run_id}", "register")]
+        promote = bool(decision.passed) and (previous is None or str(previous.version) != number)
+        if promote:
+            reason = "gate passed: " + "; ".join(decision.reasons)
+            events.append(move_alias(name, champion_alias, number, reason, "promote"))
+        client.set_model_version_tag(name, number, GATE_FINAL_TAG, _now())
+        champion = alias_version(name, champion_alias)
+    return _result(
+        name, number, version, run_id, reused, promote, previous, champion, events, {"gate": decision}, backend
+    )
+
+
+def _result(
+    name: str,
+    number: str,
+    version: Any,
+    run_id: str,
+    reused: bool,
+    promoted: bool,
+    previous: Any | None,
+    champion: Any | None,
+    events: list[dict[str, Any]],
+    extra: dict[str, Any],
+    backend: str,
+) -> dict[str, Any]:
+    out = {
         "name": name,
-        "version": str(version.version),
+        "version": number,
         "source": version.source,
         "run_id": run_id,
         "reused_existing_version": reused,
-        "promoted": bool(promote),
+        "promoted": promoted,
         "previous_champion": str(previous.version) if previous is not None else None,
         "champion": str(champion.version) if champion is not None else None,
         "alias_events": events,
+        "lock": backend,
     }
+    if "gate" in extra:
+        out["gate"] = extra["gate"].to_dict()
+    elif "gate.decision" in extra:
+        with contextlib.suppress(json.JSONDecodeError):
+            out["gate"] = json.loads(extra["gate.decision"])
+    return out
 
 
-def list_versions(name: str) -> list[dict[str, Any]]:
-    """Versions newest first with their aliases, key metrics and gate result."""
-    from datetime import datetime as dt
+# ------------------------------------------------------------------------------------------------ promote/rollback
 
+
+def promote(
+    name: str, version: str, reason: str, champion_alias: str, lock: LockSettings, force: bool = False
+) -> dict[str, Any]:
+    """Move champion to `version`; refused when its gate failed (or never ran) unless force, which needs a reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise RegistryError("promote: --reason is required (it is recorded in the alias history)")
+    target = get_version(name, version)
+    gate = (target.tags or {}).get("gate.passed")
+    if gate != "true" and not force:
+        why = "failed the gate" if gate == "false" else "has no gate decision"
+        raise RegistryError(
+            f"promote: {name} v{version} {why} ({_failed_checks(target.tags or {})}); "
+            "use --force with a --reason to promote it anyway"
+        )
+    with lock.hold(name):
+        forced = gate != "true"
+        action = "force-promote" if forced else "promote"
+        event = move_alias(name, champion_alias, str(target.version), reason, action, forced=forced)
+    return event
+
+
+def _failed_checks(tags: dict[str, str]) -> str:
+    try:
+        failed = json.loads(tags.get("gate.decision", "{}")).get("failed") or []
+    except json.JSONDecodeError:
+        failed = []
+    return "; ".join(failed[:3]) or "no details recorded"
+
+
+def rollback(name: str, reason: str, champion_alias: str, lock: LockSettings) -> dict[str, Any]:
+    """Move champion back to the version that held it before the current one."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise RegistryError("rollback: --reason is required (it is recorded in the alias history)")
+    with lock.hold(name):
+        current = alias_version(name, champion_alias)
+        if current is None:
+            raise RegistryError(f"rollback: {name!r} has no {champion_alias!r} to roll back")
+        stack = champion_stack(alias_history(name, champion_alias), champion_alias, str(current.version))
+        if len(stack) < 2:
+            raise RegistryError(
+                f"rollback: v{current.version} is the first {champion_alias} of {name!r}; nothing to go back to"
+            )
+        target = get_version(name, stack[-2])
+        return move_alias(name, champion_alias, str(target.version), reason, "rollback")
+
+
+# ------------------------------------------------------------------------------------------------ listing
+
+
+def list_versions(name: str, champion_alias: str = "champion") -> list[dict[str, Any]]:
+    """Versions newest first: aliases, key metrics, gate result, registered and promoted when/by whom."""
     client = _client()
     try:
         model = client.get_registered_model(name)
@@ -151,9 +356,14 @@ def list_versions(name: str) -> list[dict[str, Any]]:
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
+    promoted: dict[str, dict[str, Any]] = {}
+    for e in alias_history(name, champion_alias):
+        if e.get("to") is not None:
+            promoted[str(e["to"])] = e
     rows = []
     for v in client.search_model_versions(f"name = '{name}'"):
         tags = v.tags or {}
+        event = promoted.get(str(v.version))
         rows.append(
             {
                 "version": str(v.version),
@@ -161,7 +371,10 @@ def list_versions(name: str) -> list[dict[str, Any]]:
                 "accuracy": _short(tags.get("metric.accuracy")),
                 "macro_f1": _short(tags.get("metric.macro_f1")),
                 "gate": {"true": "pass", "false": "fail"}.get(tags.get("gate.passed", ""), "-"),
-                "created": dt.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                "created_by": tags.get("registered.by") or v.user_id or "-",
+                "promoted": event["at"] if event else None,
+                "promoted_by": event["by"] if event else None,
                 "run_id": v.run_id,
             }
         )

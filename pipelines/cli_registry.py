@@ -1,0 +1,189 @@
+"""Registry verbs of the `nlpops` CLI: `models list|history`, `promote`, `rollback`, `lineage`.
+
+pipelines/cli.py attaches them (`add_registry_commands(app)`); the shared set-up (params, quiet libraries) and the
+one-line error handling stay there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipelines.config import DEFAULT_PARAMS_FILE, Params
+from pipelines.errors import NlpopsError, RegistryError
+
+models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
+
+ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (typed, unknown keys rejected).")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+ReasonOpt = typer.Option(None, "--reason", "-r", help="Why (required; recorded in the alias history).")
+HtmlOpt = typer.Option(None, "--html", help="Also write a one-page HTML audit report to this file.")
+
+
+def _params(params_file: str, verbose: bool) -> Params:
+    from pipelines.cli import _setup
+    from pipelines.tracking import quiet_libraries
+
+    params = _setup(params_file, [], verbose)
+    quiet_libraries(verbose)
+    return params
+
+
+@contextlib.contextmanager
+def _registry(params: Params) -> Iterator[None]:
+    """Point MLflow at the store; a store that cannot be reached is one readable line, not a traceback."""
+    from pipelines.tracking import configure_tracking, tracking_uri
+
+    try:
+        configure_tracking(params)
+        yield
+    except NlpopsError:
+        raise
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException | OSError) or type(exc).__module__.startswith(("requests", "urllib3")):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RegistryError(f"registry at {tracking_uri(params)}: {first[:300]}; nothing was changed") from None
+        raise
+
+
+def _lock(params: Params) -> Any:
+    from pipelines.registry_lock import LockSettings
+
+    return LockSettings.from_params(params)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    forced = " FORCED" if e.get("forced") else ""
+    return (
+        f"{e.get('at')}  {e.get('alias', '?'):<11} v{e.get('from') or '-'} -> v{e.get('to') or '-'}  "
+        f"{e.get('action', 'move')}{forced} by {e.get('by')}: {e.get('reason')}"
+    )
+
+
+@models_app.command("list")
+def models_list(params_file: str = ParamsOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """Registered versions: aliases, key metrics, gate result, registered and promoted when and by whom."""
+    from pipelines.registry import list_versions
+
+    params = _params(params_file, verbose)
+    with _registry(params):
+        rows = list_versions(params.project.registered_model, params.register_.champion_alias)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no versions of {params.project.registered_model} registered yet")
+    for r in rows:
+        promoted = f"  promoted {r['promoted']} by {r['promoted_by']}" if r["promoted"] else ""
+        typer.echo(
+            f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} acc={r['accuracy']:<8} f1={r['macro_f1']:<8} "
+            f"gate={r['gate']:<5} registered {r['created']} by {r['created_by']}{promoted}  run={r['run_id']}"
+        )
+
+
+@models_app.command("history")
+def models_history(
+    version: str | None = typer.Option(None, "--version", help="Only moves to or from this version."),
+    params_file: str = ParamsOpt,
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Every alias move: when, who, from which version to which, why (oldest first)."""
+    from pipelines.registry import alias_history
+
+    params = _params(params_file, verbose)
+    with _registry(params):
+        events = alias_history(params.project.registered_model, version=version)
+    if as_json:
+        typer.echo(json.dumps(events, indent=2))
+        return
+    if not events:
+        typer.echo(f"no alias moves recorded for {params.project.registered_model}")
+    for e in events:
+        typer.echo(_event_line(e))
+
+
+def promote_command(
+    version: str = typer.Argument(..., help="Version number to make champion."),
+    reason: str | None = ReasonOpt,
+    force: bool = typer.Option(False, "--force", help="Promote even though its gate failed (the reason is recorded)."),
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Move the champion alias to VERSION; refused when its gate failed unless --force."""
+    from pipelines.registry import promote
+
+    params = _params(params_file, verbose)
+    with _registry(params):
+        event = promote(
+            params.project.registered_model,
+            version.lstrip("v"),
+            reason or "",
+            params.register_.champion_alias,
+            _lock(params),
+            force=force,
+        )
+    if event.get("unchanged"):
+        typer.echo(f"{params.project.registered_model} v{event['to']} is already {params.register_.champion_alias}")
+    else:
+        typer.echo(_event_line(event))
+
+
+def rollback_command(
+    reason: str | None = ReasonOpt,
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Move the champion alias back to the previous champion."""
+    from pipelines.registry import rollback
+
+    params = _params(params_file, verbose)
+    with _registry(params):
+        event = rollback(params.project.registered_model, reason or "", params.register_.champion_alias, _lock(params))
+    typer.echo(_event_line(event))
+
+
+def lineage_command(
+    version: str = typer.Argument(..., help="Version number, or an alias (champion, challenger)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash each link (data, run artifacts, git commit, ONNX); exit 1 if one changed."
+    ),
+    as_json: bool = JsonOpt,
+    html_file: Path | None = HtmlOpt,
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """How VERSION was made: raw data → validation → cleaned data → tokenised cache → training run → metrics and
+    gate → ONNX → registered version → alias history."""
+    from pipelines.audit import build_lineage, render_html, render_text
+
+    params = _params(params_file, verbose)
+    with _registry(params):
+        report = build_lineage(params.project.registered_model, version, verify=verify)
+    if html_file is not None:
+        try:
+            html_file.parent.mkdir(parents=True, exist_ok=True)
+            html_file.write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            raise NlpopsError(f"{html_file}: cannot write the HTML report ({exc.strerror})") from None
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else render_text(report))
+    if html_file is not None and not as_json:
+        typer.echo(f"html report: {html_file}")
+    if verify and report["summary"]["changed"]:
+        raise SystemExit(1)  # typer.Exit is swallowed by app(standalone_mode=False) in cli.main
+
+
+def add_registry_commands(app: typer.Typer) -> None:
+    """Attach `models`, `promote`, `rollback` and `lineage` to the main app."""
+    app.add_typer(models_app, name="models")
+    app.command("promote")(promote_command)
+    app.command("rollback")(rollback_command)
+    app.command("lineage")(lineage_command)

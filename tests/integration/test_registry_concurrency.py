@@ -1,0 +1,261 @@
+"""Many retraining runs finishing at once: exactly one champion (the best), no lost alias, every move recorded.
+
+10 worker processes register a challenger each and promote it when it beats
+the champion they read, all released at the same instant: once on the SQLite default (file lock), once against a
+real `mlflow server` process on a throwaway PostgreSQL database (PostgreSQL advisory lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 10
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+PARITY = {"passed": True, "max_abs_diff": 0.0, "atol": 1e-4, "rows": 1, "label_mismatches": 0}
+
+
+def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: Any, out: Any) -> None:
+    """One retraining run finishing: register a challenger, promote it if it beats the champion it reads."""
+    try:
+        import mlflow
+
+        from pipelines.config import GateConfig
+        from pipelines.evaluate import decide_gate
+        from pipelines.registry import register_challenger
+        from pipelines.registry_lock import LockSettings
+
+        os.environ["NLPOPS_ACTOR"] = f"worker-{os.getpid()}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        mlflow.set_experiment("concurrency")
+        go.wait(120)
+        with mlflow.start_run() as run:
+            mlflow.log_metric("test_macro_f1", score)
+        run_id = run.info.run_id
+
+        def log_model() -> str:
+            model = mlflow.initialize_logged_model(name="model", source_run_id=run_id)
+            mlflow.finalize_logged_model(model.model_id, "READY")
+            return model.model_uri
+
+        def decide(champion: Any) -> Any:
+            reference = None if champion is None else {"macro_f1": float(champion.tags["metric.macro_f1"])}
+            version = None if champion is None else str(champion.version)
+            time.sleep(0.05)  # widen the read-decide-move window: without the lock this race is lost
+            return decide_gate({"macro_f1": score}, GateConfig(min_score=0.0), reference, version, PARITY, 1.0)
+
+        result = register_challenger(
+            name,
+            run_id,
+            log_model,
+            {"metric.macro_f1": repr(score), "run_id": run_id},
+            decide,
+            "challenger",
+            "champion",
+            LockSettings(state_dir=state_dir, kind=lock, timeout_s=240),
+        )
+        out.put({"score": score, **{k: result[k] for k in ("version", "promoted", "champion", "lock")}})
+    except BaseException as exc:
+        out.put({"score": score, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def run_concurrent_promotions(uri: str, tmp: Path, lock: str, name: str) -> list[dict]:
+    """WORKERS forked processes (mlflow already imported: no 12x import cost) with distinct scores in random
+    order, released together by one event; their results."""
+    import multiprocessing
+
+    import mlflow  # noqa: F401  (imported before forking, so the children start warm)
+
+    import pipelines.evaluate
+    import pipelines.registry  # noqa: F401
+
+    scores = [round(0.60 + 0.02 * i, 2) for i in range(WORKERS)]
+    random.Random(7).shuffle(scores)
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(uri, name, s, str(tmp / "state"), lock, go, out), daemon=True) for s in scores
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0)  # let every child reach go.wait()
+    go.set()
+    results = [out.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    errors = [r["error"] for r in results if "error" in r]
+    assert not errors, errors
+    assert all(proc.exitcode == 0 for proc in procs)
+    return results
+
+
+def check_outcome(client, name: str, results: list[dict]) -> dict[str, int]:
+    """The invariants, and the counts they were checked on."""
+    from pipelines.registry import alias_history
+
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == WORKERS, "a registration was lost or duplicated"
+    by_version = {str(v.version): float(v.tags["metric.macro_f1"]) for v in versions}
+    best = max(by_version, key=by_version.get)
+    model = client.get_registered_model(name)
+    assert set(model.aliases) == {"champion", "challenger"}, "an alias was lost"
+    assert str(model.aliases["champion"]) == best, "the champion is not the best challenger"
+    champions = [v for v in versions if "champion" in client.get_model_version(name, v.version).aliases]
+    assert len(champions) == 1
+
+    history = alias_history(name)
+    assert [e["seq"] for e in history] == list(range(1, len(history) + 1)), "a history record is missing"
+    for alias in ("champion", "challenger"):
+        moves = [e for e in history if e["alias"] == alias]
+        assert moves[0]["from"] is None
+        for before, after in itertools.pairwise(moves):
+            assert after["from"] == before["to"], f"{alias} moved without a record: {before} then {after}"
+        assert moves[-1]["to"] == str(model.aliases[alias])
+    champion_moves = [e for e in history if e["alias"] == "champion"]
+    promoted = [r for r in results if r["promoted"]]
+    assert sorted(e["to"] for e in champion_moves) == sorted(r["version"] for r in promoted)
+    # Under the lock every promotion beat the champion it replaced: scores only ever go up.
+    path = [by_version[e["to"]] for e in champion_moves]
+    assert path == sorted(path) and len(set(path)) == len(path)
+    challenger_moves = [e for e in history if e["alias"] == "challenger"]
+    assert len(challenger_moves) == WORKERS
+    counts = {
+        "workers": WORKERS,
+        "versions": len(versions),
+        "champions_at_end": len(champions),
+        "promotions": len(promoted),
+        "champion_moves_recorded": len(champion_moves),
+        "challenger_moves_recorded": len(challenger_moves),
+        "history_records": len(history),
+    }
+    print(f"\n{name}: {json.dumps(counts)}; champion v{best} (score {by_version[best]})")
+    return counts
+
+
+def test_concurrent_promotions_on_sqlite_with_the_file_lock(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Create the tables once, in a process of its own (not in 12 at the same time, and no connection to fork).
+    subprocess.run(
+        [sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"],
+        check=True,
+        capture_output=True,
+    )
+    results = run_concurrent_promotions(uri, tmp_path, "file", "race-sqlite")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert {r["lock"] for r in results} == {"file"}
+    _with_uri(uri, lambda: check_outcome(client, "race-sqlite", results))
+
+
+def _with_uri(uri: str, fn):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        return fn()
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_mlflow_server(tmp_path: Path):
+    """A throwaway database and a real `mlflow server` on it; both removed afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    db = f"nlpops_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc})")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"{PG.replace('postgresql://', 'postgresql+psycopg2://')}/{db}",  # SQLAlchemy 2.1 defaults to psycopg 3
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not become healthy:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, f"{PG}/{db}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+        log.close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
+def test_concurrent_promotions_behind_an_mlflow_server_on_postgresql(postgres_mlflow_server, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    url, db_url = postgres_mlflow_server
+    os.environ["NLPOPS_LOCK_URL"] = db_url  # inherited by the forked workers: advisory lock in that database
+    try:
+        results = run_concurrent_promotions(url, tmp_path, "auto", "race-postgres")
+    finally:
+        del os.environ["NLPOPS_LOCK_URL"]
+    assert {r["lock"] for r in results} == {"postgres"}
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    _with_uri(url, lambda: check_outcome(client, "race-postgres", results))

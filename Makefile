@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on this kind of machine warns about optional local indexes that are absent; keep the output readable.
 QUIET_PIP := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: install run test test-all lint repro clean-state help
+.PHONY: install run test test-all lint repro clean-state help services services-down
 
 help:
 	@echo "make run       create .venv, install, run the whole flow on the demo data"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-all  also the slow tests (real MiniLM, real data sets)"
 	@echo "make lint      ruff + mypy"
 	@echo "make repro     dvc repro (the same stages, through DVC)"
+	@echo "make services  MLflow + Prefect servers on PostgreSQL (make services-down stops them)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,3 +51,9 @@ repro: install data/raw/reviews.csv
 
 clean-state:
 	rm -rf .nlpops artifacts
+
+services: install
+	$(BIN)/nlpops services up
+
+services-down: install
+	$(BIN)/nlpops services down

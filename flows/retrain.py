@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
-from pipelines.errors import NlpopsError
+from pipelines.errors import NlpopsError, ServiceError
 from pipelines.runner import STAGE_RUNNERS, stage_fingerprint, stage_outputs_exist
 
 STAGE_ORDER = ("validate", "clean", "tokenise", "train", "evaluate", "export", "register")
@@ -48,7 +49,7 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
         exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
     except Exception:
         return True
-    return not isinstance(exc, NlpopsError)
+    return not isinstance(exc, NlpopsError) or isinstance(exc, ServiceError)  # a server outage may pass
 
 
 def _make_stage_task(stage: str):
@@ -61,7 +62,7 @@ def _make_stage_task(stage: str):
         return summary
 
     run_stage.__name__ = f"{stage}_stage"
-    return task(
+    return task(  # type: ignore[call-overload]
         run_stage,
         name=stage,
         cache_key_fn=_cache_key(stage),
@@ -93,6 +94,14 @@ def champion_version(params_data: dict[str, Any], train_run_id: str) -> str | No
     return str(version.version)
 
 
+@task(name="check-changes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 15, 45])
+def check_changes(params_data: dict[str, Any]) -> dict[str, Any]:
+    """Data, params and code compared with the champion's lineage tags (retried: the registry may be restarting)."""
+    from pipelines.changes import detect_changes
+
+    return detect_changes(Params.model_validate(params_data)).to_dict()
+
+
 @task(name="dvc-lock", cache_policy=NO_CACHE)
 def sync_dvc_lock() -> str:
     from pipelines.dvc_sync import commit_dvc_lock
@@ -105,17 +114,29 @@ def retrain(
     params_file: str = DEFAULT_PARAMS_FILE,
     overrides: list[str] | None = None,
     sync_dvc: bool = True,
-) -> dict[str, Any]:
-    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register."""
+    skip_if_unchanged: bool = False,
+) -> Any:
+    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register.
+
+    skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
+    nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
+    """
     params = load_params(params_file, overrides or [])
     params_data = params.to_dict()
+    if skip_if_unchanged:
+        changes = check_changes(params_data)
+        get_run_logger().info("change check: %s", changes["summary"])
+        if not changes["changed"]:
+            return Completed(
+                name="Skipped", message=changes["summary"], data={"skipped": True, "reason": changes["summary"]}
+            )
     states: dict[str, str] = {}
     results: dict[str, Any] = {}
     for stage in STAGE_ORDER:
         extra = None
         if stage == "evaluate":
             extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
-        fingerprint = stage_fingerprint(params, stage, extra, require_outputs=False)
+        fingerprint = stage_fingerprint(params, stage, extra)
         stage_task = STAGE_TASKS[stage]
         if not outputs_current(params, stage, fingerprint):
             # Outputs missing or produced under other inputs: run, and store the result under this key.

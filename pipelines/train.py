@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -202,6 +202,17 @@ def _is_better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
+def _best_model_matches(out_dir: Path, key: str | None, best_epoch: int) -> bool:
+    """The best epoch saved so far must come from the run being resumed (or none saved yet)."""
+    if best_epoch == 0:
+        return True
+    try:
+        saved = json.loads((out_dir / "nlpops_checkpoint.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get("training_state") == key and saved.get("epoch") == best_epoch
+
+
 def _save_checkpoint(model: Any, tokenizer_dir: Path, out_dir: Path, extra: dict[str, Any]) -> None:
     """Write model + tokenizer to a temp folder, then swap it in: a crash never leaves a half checkpoint."""
     from pipelines.pretrained import load_tokenizer
@@ -217,6 +228,87 @@ def _save_checkpoint(model: Any, tokenizer_dir: Path, out_dir: Path, extra: dict
     staging.rename(out_dir)
 
 
+# ---------------------------------------------------------------- resumable training state
+
+CHECKPOINT_SUFFIX = ".ckpt.pt"
+
+
+def training_state_key(
+    tokenised_dir: Path,
+    id2label: dict[int, str],
+    model_path: Path,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    task: TaskPlugin,
+    pad_token_id: int,
+) -> str:
+    """What a checkpoint belongs to: a rerun only resumes one made from the same data, params, base model and code."""
+    from pipelines.config import stable_hash
+    from pipelines.hashing import file_digest, source_digest, tree_digest
+
+    train_fields = train_cfg.model_dump(mode="json", exclude={"checkpoint_every_steps", "resume"})
+    return stable_hash(
+        {
+            "data": {s: file_digest(tokenised_dir / f"{s}.parquet") for s in ("train", "validation")},
+            "labels": {str(k): v for k, v in id2label.items()},
+            "model": tree_digest(model_path) if Path(model_path).is_dir() else str(model_path),
+            "train": train_fields,
+            "model_cfg": model_cfg.model_dump(mode="json"),
+            "task": type(task).__name__,
+            "pad": pad_token_id,
+            "code": source_digest("pipelines.train"),
+        }
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, Any, int, int, float], np.random.get_state())
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temp file, fsync, rename: a kill -9 mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    from pipelines.statedir import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(checkpoint_dir: Path, key: str) -> dict[str, Any] | None:
+    """The last checkpoint for this key; checkpoints of other inputs are deleted (they can never be resumed)."""
+    import torch
+
+    path = checkpoint_dir / f"{key[:24]}{CHECKPOINT_SUFFIX}"
+    for other in checkpoint_dir.glob(f"*{CHECKPOINT_SUFFIX}"):
+        if other != path:
+            other.unlink(missing_ok=True)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: start over rather than fail
+        logging.getLogger(__name__).warning("%s: unreadable checkpoint (%s); training from the start", path, exc)
+        return None
+    return state if state.get("key") == key else None
+
+
 def train_model(
     tokenised_dir: Path,
     id2label: dict[int, str],
@@ -227,8 +319,15 @@ def train_model(
     task: TaskPlugin,
     pad_token_id: int,
     on_epoch_end: EpochCallback | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, validate every epoch, stop early, keep the best epoch in out_dir. Returns a summary with history."""
+    """Train, validate every epoch, stop early, keep the best epoch in out_dir. Returns a summary with history.
+
+    With checkpoint_dir, the full training state is saved there every `checkpoint_every_steps` steps and at each
+    epoch's end, and (with `resume`) a rerun continues from the last one: same batches, same dropout masks, so
+    it ends with the same weights and metrics as a run that was never interrupted. The folder is emptied on
+    success.
+    """
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -265,7 +364,60 @@ def train_model(
     started = time.perf_counter()
     val_labels = np.asarray(val_rows["label"])
     stopped_early = False
-    for epoch in range(1, train_cfg.epochs + 1):
+    key = ckpt_path = None
+    start_epoch, start_batch, carried = 1, 0, (0.0, 0)
+    elapsed_before = 0.0
+    resumed_from: dict[str, int] | None = None
+    if checkpoint_dir is not None:
+        key = training_state_key(tokenised_dir, id2label, model_path, train_cfg, model_cfg, task, pad_token_id)
+        ckpt_path = Path(checkpoint_dir) / f"{key[:24]}{CHECKPOINT_SUFFIX}"
+        from pipelines.statedir import ensure_writable_dir
+
+        ensure_writable_dir(checkpoint_dir, "checkpoint dir")
+        state = load_training_state(Path(checkpoint_dir), key) if train_cfg.resume else None
+        if state is not None and not _best_model_matches(out_dir, key, state["best_epoch"]):
+            logging.getLogger(__name__).warning("%s: best model does not match the checkpoint; restarting", out_dir)
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best, best_epoch = list(state["history"]), state["best"], state["best_epoch"]
+            stale, step, elapsed_before = state["stale"], state["step"], state["elapsed"]
+            start_epoch, start_batch, carried = state["epoch"], state["batch"], tuple(state["epoch_loss_seen"])
+            _restore_rng(state["rng"])
+            resumed_from = {"epoch": start_epoch, "batch": start_batch, "step": step}
+            if on_epoch_end:
+                for record in history:  # the new tracking run gets the epochs the interrupted one finished
+                    on_epoch_end(int(record["epoch"]), record)
+
+    def checkpoint(next_epoch: int, next_batch: int, loss_seen: tuple[float, int]) -> None:
+        if ckpt_path is None:
+            return
+        save_training_state(
+            ckpt_path,
+            {
+                "key": key,
+                "epoch": next_epoch,
+                "batch": next_batch,
+                "step": step,
+                "epoch_loss_seen": list(loss_seen),
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "elapsed": elapsed_before + time.perf_counter() - started,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+        )
+
+    every = train_cfg.checkpoint_every_steps
+    for epoch in range(start_epoch, train_cfg.epochs + 1):
+        if train_cfg.max_steps and step >= train_cfg.max_steps:
+            break
         model.train()
         seed = train_cfg.seed + epoch
         if train_cfg.length_grouping:
@@ -274,9 +426,11 @@ def train_model(
             )
         else:
             batches = random_batches(len(train_rows["label"]), train_cfg.batch_size, seed)
-        epoch_loss, seen = 0.0, 0
+        first = start_batch if epoch == start_epoch else 0
+        epoch_loss, seen = carried if epoch == start_epoch else (0.0, 0)
         epoch_started = time.perf_counter()
-        for idx in batches:
+        for position in range(first, len(batches)):
+            idx = batches[position]
             batch = task.collate(_take(train_rows, idx), pad_token_id)
             loss = model(**batch).loss
             loss.backward()
@@ -289,6 +443,8 @@ def train_model(
             step += 1
             if train_cfg.max_steps and step >= train_cfg.max_steps:
                 break
+            if every and step % every == 0 and position + 1 < len(batches):
+                checkpoint(epoch, position + 1, (epoch_loss, seen))
         logits = predict_logits(model, task, val_rows, train_cfg.eval_batch_size, pad_token_id)
         scores = task.compute_metrics(logits, val_labels, id2label)
         record = {
@@ -307,7 +463,9 @@ def train_model(
         value = record["val_loss"] if metric == "loss" else record[f"val_{metric}"]
         if _is_better(metric, value, best):
             best, best_epoch, stale = value, epoch, 0
-            _save_checkpoint(model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value})
+            _save_checkpoint(
+                model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value, "training_state": key}
+            )
         else:
             stale += 1
             if train_cfg.early_stopping_patience and stale >= train_cfg.early_stopping_patience:
@@ -315,7 +473,11 @@ def train_model(
                 break
         if train_cfg.max_steps and step >= train_cfg.max_steps:
             break
+        if epoch < train_cfg.epochs:
+            checkpoint(epoch + 1, 0, (0.0, 0))
     logging.getLogger(__name__).info("best epoch %s (%s=%s)", best_epoch, metric, best)
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)  # finished: the best model is in out_dir
     return {
         "best_epoch": best_epoch,
         "best_metric": {"name": metric, "value": best},
@@ -324,7 +486,8 @@ def train_model(
         "steps": step,
         "train_rows": len(train_rows["label"]),
         "validation_rows": len(val_rows["label"]),
-        "train_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(elapsed_before + time.perf_counter() - started, 2),
+        "resumed_from": resumed_from,
         "history": history,
         **freezing,
     }

@@ -1,0 +1,1 @@
+"""Prefect front-end: flows that order the pipeline stages."""

@@ -1,0 +1,3 @@
+-- One PostgreSQL, two databases: MLflow's backend store and Prefect's.
+CREATE DATABASE mlflow;
+CREATE DATABASE prefect;

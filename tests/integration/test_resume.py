@@ -1,0 +1,128 @@
+"""kill -9 in the middle of training, rerun, and end with the same model and metrics as a run never interrupted.
+
+Guarantee on CPU: with the same seed, thread count and library versions the resumed run replays the same batches
+with the same dropout masks, so weights and metrics are bitwise identical; the test allows 1e-6 (absolute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_sentiment_rows
+
+from pipelines.config import TokeniseConfig
+from pipelines.tasks import get_task
+from pipelines.tokenise import tokenise_splits
+
+pytestmark = pytest.mark.integration
+
+TOLERANCE = 1e-6
+EPOCHS = 4
+
+# The worker slows each optimiser step down (the arithmetic is untouched) so the kill lands mid-training.
+WORKER = """
+import json, sys, time
+from pathlib import Path
+import torch
+from pipelines.config import ModelConfig, TrainConfig
+from pipelines.tasks import get_task
+from pipelines.train import train_model
+
+tok, model_path, out, ckpt, delay, result = sys.argv[1:7]
+original = torch.optim.AdamW.step
+def slow_step(self, *args, **kwargs):
+    time.sleep(float(delay))
+    return original(self, *args, **kwargs)
+torch.optim.AdamW.step = slow_step
+cfg = TrainConfig(epochs=@EPOCHS@, learning_rate=5e-3, batch_size=8, warmup_ratio=0.2, early_stopping_patience=0,
+                  checkpoint_every_steps=4, num_threads=1, seed=11)
+summary = train_model(Path(tok), {0: "negative", 1: "positive"}, Path(model_path), Path(out), cfg,
+                      ModelConfig(dropout=0.2), get_task("text_classification"), 0, checkpoint_dir=Path(ckpt))
+Path(result).write_text(json.dumps(summary))
+""".replace("@EPOCHS@", str(EPOCHS))
+
+
+@pytest.fixture
+def tokenised(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    df = pd.DataFrame(make_sentiment_rows(180, seed=5), columns=["text", "label"])
+    df["label"] = (df["label"] == "positive").astype("int64")
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    df[:140].to_parquet(clean / "train.parquet")
+    df[140:].to_parquet(clean / "validation.parquet")
+    df[140:].to_parquet(clean / "test.parquet")
+    task = get_task("text_classification")
+    tokenise_splits(clean, tiny_model_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(), task)
+    return tmp_path / "tok"
+
+
+def _start(tmp: Path, tok: Path, model: Path, name: str, delay: float) -> tuple[subprocess.Popen, Path]:
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    result = tmp / f"{name}.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tok), str(model), str(tmp / f"{name}-model"), str(tmp / f"{name}-ckpt"),
+         str(delay), str(result)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return proc, result
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, tokenised: Path, tiny_model_dir: Path
+) -> None:
+    # 18 steps an epoch, a checkpoint every 4 steps and at each epoch's end; kill once epoch 2 is under way.
+    proc, result = _start(tmp_path, tokenised, tiny_model_dir, "crashed", delay=0.15)
+    ckpt_dir = tmp_path / "crashed-ckpt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (tmp_path / "crashed-model" / "nlpops_checkpoint.json").is_file() and list(ckpt_dir.glob("*.ckpt.pt")):
+            time.sleep(1.0)  # a few more steps past the epoch-1 checkpoint, so the kill lands mid-epoch 2
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed:\n" + (proc.stdout.read() or "")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and not result.exists()
+    assert list(ckpt_dir.glob("*.ckpt.pt")), "no checkpoint survived the kill"
+
+    resumed_proc, _ = _start(tmp_path, tokenised, tiny_model_dir, "crashed", delay=0.0)
+    out, _ = resumed_proc.communicate(timeout=300)
+    assert resumed_proc.returncode == 0, out
+    resumed = json.loads(result.read_text())
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"]["step"] > 0
+    assert not list(ckpt_dir.glob("*.ckpt.pt")), "the checkpoint is removed once training finishes"
+
+    clean_proc, clean_result = _start(tmp_path, tokenised, tiny_model_dir, "uninterrupted", delay=0.0)
+    out, _ = clean_proc.communicate(timeout=300)
+    assert clean_proc.returncode == 0, out
+    clean = json.loads(clean_result.read_text())
+    assert clean["resumed_from"] is None
+
+    assert resumed["steps"] == clean["steps"] == EPOCHS * 18
+    assert resumed["best_epoch"] == clean["best_epoch"]
+    assert len(resumed["history"]) == len(clean["history"]) == EPOCHS
+    worst = 0.0
+    for a, b in zip(resumed["history"], clean["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "learning_rate"):
+            worst = max(worst, abs(a[key] - b[key]))
+    assert worst <= TOLERANCE, f"metrics differ by {worst}"
+    wa, wb = _weights(tmp_path / "crashed-model"), _weights(tmp_path / "uninterrupted-model")
+    weight_diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert weight_diff <= TOLERANCE, f"weights differ by {weight_diff}"
+    print(f"resumed from {resumed['resumed_from']}; max metric diff {worst}; max weight diff {weight_diff}")

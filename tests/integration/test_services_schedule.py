@@ -1,0 +1,218 @@
+"""Production path, as processes: `nlpops services up` (MLflow + Prefect servers on two throwaway PostgreSQL
+databases), `nlpops schedule` serving the cron deployment, a run triggered through the Prefect API that
+registers a champion with lineage in the server's registry, then a second run with nothing changed that is
+skipped. Servers are always stopped and the databases dropped."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import build_tiny_model, make_sentiment_rows
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL_NAME = "sched-sentiment"
+DEPLOYMENT = "nightly-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_up() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=5).close()
+        return True
+    except Exception:
+        return False
+
+
+def _git(project: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=project,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    if not _postgres_up():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    root = tmp_path_factory.mktemp("sched") / "project"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for rel in files.splitlines():
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("tests/", "demo/", "data/", "infra/", "benchmarks/")):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / rel)
+    model_dir = build_tiny_model(root.parent / "tiny-bert")
+    (root / "incoming").mkdir()
+    with (root / "incoming" / "reviews.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(make_sentiment_rows(120, seed=4))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["project"].update(registered_model=MODEL_NAME, experiment="sched-test")
+    params["data"]["path"] = "data/raw/reviews.csv"
+    params["validate"].update(min_rows=50, min_rows_per_class=5)
+    params["model"].update(path=str(model_dir), dropout=0.0)
+    params["train"].update(epochs=2, learning_rate=5e-3, batch_size=8, warmup_ratio=0.0, early_stopping_patience=0)
+    params["gate"]["min_score"] = 0.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    suffix = uuid.uuid4().hex[:8]
+    mlflow_port, prefect_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        HF_HUB_OFFLINE="1",
+        NLPOPS_ACTOR="schedule-test",
+        NLPOPS_MLFLOW_DB=f"nlpops_t{suffix}_mlflow",
+        NLPOPS_PREFECT_DB=f"nlpops_t{suffix}_prefect",
+        NLPOPS_MLFLOW_PORT=str(mlflow_port),
+        NLPOPS_PREFECT_PORT=str(prefect_port),
+    )
+
+    def nlpops(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "nlpops"), *args],
+            cwd=root,
+            env={**env, **(extra or {})},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    _git(root, "init", "-q")
+    done = nlpops("data", "add", "incoming/reviews.csv")
+    assert done.returncode == 0, done.stderr
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "schedule test project")
+
+    server = None
+    try:
+        up = nlpops("services", "up", "--no-ui")
+        assert up.returncode == 0, up.stdout + up.stderr
+        client_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+        client_env["PREFECT_API_URL"] = f"http://127.0.0.1:{prefect_port}/api"
+        server = subprocess.Popen(
+            [str(BIN / "nlpops"), "schedule", "--cron", "0 3 * * *", "--name", DEPLOYMENT],
+            cwd=root,
+            env={**env, **client_env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        yield {"root": root, "up": up.stdout, "server": server, "nlpops": nlpops, **client_env}
+    finally:
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=10)
+        down = nlpops("services", "down")
+        from pipelines.services import ServicesConfig, drop_database
+
+        cfg = ServicesConfig(run_dir=root / ".nlpops" / "services")
+        for db in (env["NLPOPS_MLFLOW_DB"], env["NLPOPS_PREFECT_DB"]):
+            drop_database(cfg, db)
+        assert down.returncode == 0, down.stderr
+
+
+def _wait_for_deployment(stack: dict, timeout: float = 120.0):
+    from prefect import get_client
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment_by_name(f"nlpops-retrain/{DEPLOYMENT}")
+
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return asyncio.run(read())
+        except Exception:
+            if stack["server"].poll() is not None:
+                pytest.fail("nlpops schedule exited:\n" + stack["server"].stdout.read())
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack: dict) -> None:
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    assert (
+        stack["MLFLOW_TRACKING_URI"] in stack["up"]
+        and f"export PREFECT_API_URL={stack['PREFECT_API_URL']}" in (stack["up"])
+    )
+    root: Path = stack["root"]
+    with temporary_settings(updates={PREFECT_API_URL: stack["PREFECT_API_URL"]}):
+        deployment = _wait_for_deployment(stack)
+        assert deployment.schedules and deployment.schedules[0].schedule.cron == "0 3 * * *"
+        assert deployment.parameters["skip_if_unchanged"] is True
+
+        first = run_deployment(f"nlpops-retrain/{DEPLOYMENT}", timeout=400, poll_interval=2)
+        assert first.state is not None and first.state.is_completed(), first.state
+        assert first.state.name == "Completed"
+
+        client = MlflowClient(tracking_uri=stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+        assert str(champion.version) == "1"
+        tags = champion.tags
+        dvc_md5 = yaml.safe_load((root / "data/raw/reviews.csv.dvc").read_text())["outs"][0]["md5"]
+        assert tags["data.md5"] == dvc_md5 and tags["data.dvc_tracked"] == "true"
+        assert tags["git.commit"] == _git(root, "rev-parse", "HEAD")
+        assert tags["params.hash"] and tags["code.sha256"] and tags["run_id"] == champion.run_id
+        assert client.get_run(champion.run_id).info.status == "FINISHED"
+
+        started = time.perf_counter()
+        second = run_deployment(f"nlpops-retrain/{DEPLOYMENT}", timeout=300, poll_interval=1)
+        wall = time.perf_counter() - started
+        assert second.state is not None and second.state.is_completed(), second.state
+        assert second.state.name == "Skipped"
+        assert "nothing changed since champion v1" in (second.state.message or "")
+        assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == 1
+        run_seconds = (second.end_time - second.start_time).total_seconds()
+        print(f"\nskipped scheduled run: {run_seconds:.1f} s in the flow run, {wall:.1f} s from trigger to done")
+        assert run_seconds < 60
+
+    # The CLI sees the same verdict against the same servers.
+    changes = stack["nlpops"]("changes", extra={"MLFLOW_TRACKING_URI": stack["MLFLOW_TRACKING_URI"]})
+    assert changes.returncode == 0, changes.stderr
+    assert changes.stdout.startswith("unchanged: nothing changed since champion v1")
+    status = stack["nlpops"]("services", "status")
+    assert status.returncode == 0 and status.stdout.count("healthy") == 2, status.stdout

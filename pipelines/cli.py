@@ -21,9 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
 data_app = typer.Typer(help="Bring data in under DVC.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
 ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (typed, unknown keys rejected).")
@@ -40,9 +38,15 @@ def _setup(params_file: str, overrides: list[str] | None, verbose: bool) -> Para
     _verbose = verbose
     params = load_params(params_file, overrides or [])
     state = Path(params.project.state_dir).resolve()
+    from pipelines.statedir import ensure_writable_dir
+
+    ensure_writable_dir(state)  # before Prefect and MLflow try to put their databases there
     # Prefect keeps its ephemeral database and cached results with the rest of the project's state.
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the ephemeral server migrates its database; on a busy 2-core machine that can take
+    # longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Task failures reach the user as one line from us; Prefect's console handler would repeat them with a
     # traceback. Its API handler still records everything for the Prefect UI when a server is used.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
@@ -99,13 +103,21 @@ def run_flow(
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
     verbose: bool = VerboseOpt,
+    if_changed: bool = typer.Option(
+        False, "--if-changed", help="Skip (and say why) when data, params and code match the champion's lineage."
+    ),
 ) -> None:
     """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
     params = _setup(params_file, overrides, verbose)
     started = time.perf_counter()
     from flows.retrain import retrain
 
-    result = retrain(params_file=params_file, overrides=overrides or [])
+    result: dict[str, Any] = retrain(  # type: ignore[assignment]
+        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed
+    )
+    if result.get("skipped"):
+        _echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
+        return
     _print_run_report(params, result, time.perf_counter() - started)
 
 
@@ -119,8 +131,8 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
     _echo(f"  data      {params.data.path}: {clean.get('rows_in')} rows in, splits {clean.get('splits')}")
     _echo(f"  training  best epoch {tr['best_epoch']}/{tr['epochs_run']}, {tr['train_seconds']} s, run {tr['run_id']}")
     _echo(f"  test      accuracy {ev['accuracy']:.4f}  macro-F1 {ev['macro_f1']:.4f}  ({ev['test_rows']} rows)")
-    gate = ev["gate"]
-    _echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate["reasons"]))
+    gate = reg.get("gate") or ev["gate"]  # the final decision (with parity and latency) is made at register
+    _echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate.get("reasons") or []))
     _echo(f"  onnx      {ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})")
     aliases = f"'{params.register_.challenger_alias}'"
     if reg["promoted"]:
@@ -164,36 +176,6 @@ def predict(
             _echo(f"{p['label']}\t{p['score']:.4f}")
 
 
-@models_app.command("list")
-def models_list(params_file: str = ParamsOpt, verbose: bool = VerboseOpt) -> None:
-    """Registered versions with aliases, key metrics and gate result."""
-    from pipelines.registry import list_versions
-    from pipelines.tracking import configure_tracking
-
-    params = _setup(params_file, [], verbose)
-    configure_tracking(params)
-    rows = list_versions(params.project.registered_model)
-    if not rows:
-        _echo(f"no versions of {params.project.registered_model} registered yet")
-    for r in rows:
-        _echo(
-            f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} acc={r.get('accuracy', '-'):<8} "
-            f"f1={r.get('macro_f1', '-'):<8} gate={r.get('gate', '-'):<6} {r['created']}  run={r['run_id']}"
-        )
-
-
-@models_app.command("history")
-def models_history(params_file: str = ParamsOpt, verbose: bool = VerboseOpt) -> None:
-    """Every alias move: when, who, from which version to which, why."""
-    from pipelines.registry import alias_history
-    from pipelines.tracking import configure_tracking
-
-    params = _setup(params_file, [], verbose)
-    configure_tracking(params)
-    for e in alias_history(params.project.registered_model):
-        _echo(f"{e['at']}  {e['alias']:<11} v{e['from'] or '-'} -> v{e['to']}  by {e['by']}: {e['reason']}")
-
-
 @data_app.command("add")
 def data_add(
     path: Path = typer.Argument(..., help="Data file to version."),
@@ -207,6 +189,15 @@ def data_add(
 
     out = add_data(path, dest)
     _echo(f"{out} is now tracked by DVC ({out}.dvc); commit the .dvc file with git")
+
+
+from pipelines.cli_registry import add_registry_commands  # noqa: E402  (it imports _setup lazily from here)
+
+add_registry_commands(app)
+
+from pipelines.cli_ops import add_ops_commands  # noqa: E402  (services, schedule, changes)
+
+add_ops_commands(app)
 
 
 def main() -> None:

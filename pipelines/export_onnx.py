@@ -203,6 +203,37 @@ def onnx_parity(
     }
 
 
+def onnx_latency(
+    onnx_path: Path, tokenizer: Any, texts: list[str], text_pairs: list[str] | None, max_length: int, runs: int
+) -> dict[str, Any]:
+    """p50/p95 wall time (ms) of single-row onnxruntime calls on real test rows (tokenising included), after a
+    short warm-up: what one online request costs. The gate bounds the p95 (gate.max_latency_ms)."""
+    import time
+
+    import numpy as np
+
+    from pipelines.serving import OUTPUT_NAME, encode, ort_session
+
+    if runs <= 0 or not texts:
+        return {}
+    session = ort_session(onnx_path)
+    input_names = [i.name for i in session.get_inputs()]
+    timings = []
+    for i in range(runs + 3):
+        j = i % len(texts)
+        start = time.perf_counter()
+        pair = text_pairs[j : j + 1] if text_pairs else None
+        feeds = encode(tokenizer, texts[j : j + 1], pair, max_length, input_names)
+        session.run([OUTPUT_NAME], feeds)
+        if i >= 3:  # the first calls pay for allocations, not for the model
+            timings.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "latency_runs": len(timings),
+        "latency_p50_ms": float(np.percentile(timings, 50)),
+        "latency_p95_ms": float(np.percentile(timings, 95)),
+    }
+
+
 def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportConfig, max_length: int) -> dict:
     """model.onnx + tokenizer/ + serving.json + parity.json in out_dir; ParityError if ONNX and PyTorch disagree."""
     import pandas as pd
@@ -239,6 +270,7 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
 
     parity = onnx_parity(onnx_path, model, tokenizer, texts, text_pairs, max_length, cfg.atol)
     parity.update(opset=int(cfg.opset), onnx_sha256=file_digest(onnx_path), onnx_bytes=onnx_path.stat().st_size)
+    parity.update(onnx_latency(onnx_path, tokenizer, texts, text_pairs, max_length, cfg.latency_runs))
     (out_dir / "parity.json").write_text(json.dumps(parity, indent=2), encoding="utf-8")
     if not parity["passed"]:
         raise ParityError(

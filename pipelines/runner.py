@@ -39,8 +39,8 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "validate",
             ("data", "validate"),
-            lambda p, sp: _raw_files(p),
-            lambda p, sp: [sp.validation_report],
+            lambda p, sp: [*_raw_files(p), Path(p.validate_.expectations_dir)],
+            lambda p, sp: [sp.validation_report, _data_docs(sp)],
             ("pipelines.data.validate", "pipelines.data.load"),
         ),
         StageSpec(
@@ -48,7 +48,7 @@ STAGES: dict[str, StageSpec] = {
             ("data", "clean"),
             lambda p, sp: [*_raw_files(p), sp.validation_report],
             lambda p, sp: [sp.clean_dir],
-            ("pipelines.data.clean", "pipelines.data.load"),
+            ("pipelines.data.clean", "pipelines.data.load", "pipelines.data.validate"),
         ),
         StageSpec(
             "tokenise",
@@ -67,8 +67,8 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "evaluate",
             ("gate",),
-            lambda p, sp: [sp.model_dir, sp.tokenised_dir / "test.parquet", sp.label_map],
-            lambda p, sp: [sp.metrics, sp.per_class, sp.gate, sp.confusion_csv, sp.confusion_png],
+            lambda p, sp: [sp.model_dir, sp.tokenised_dir / "test.parquet", sp.clean_split("test"), sp.label_map],
+            lambda p, sp: [sp.metrics, sp.per_class, sp.gate, _slices_path(sp), sp.confusion_csv, sp.confusion_png],
             ("pipelines.evaluate", "pipelines.tasks.text_classification"),
         ),
         StageSpec(
@@ -80,10 +80,10 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "register",
-            ("project", "register"),
-            lambda p, sp: [sp.export_dir, sp.gate, sp.train_summary],
+            ("project", "gate", "register"),
+            lambda p, sp: [sp.export_dir, sp.gate, sp.metrics, _slices_path(sp), sp.train_summary],
             lambda p, sp: [sp.registration],
-            ("pipelines.registry", "pipelines.serving"),
+            ("pipelines.registry", "pipelines.registry_lock", "pipelines.evaluate", "pipelines.serving"),
         ),
     )
 }
@@ -104,14 +104,10 @@ def stage_outputs_exist(params: Params, stage: str) -> bool:
     return all(out.exists() for out in spec.outs(params, StagePaths.from_params(params)))
 
 
-def stage_fingerprint(
-    params: Params, stage: str, extra: dict[str, Any] | None = None, require_outputs: bool = True
-) -> str | None:
-    """Hash of a stage's params sections, input contents and code; None when an output is missing."""
+def stage_fingerprint(params: Params, stage: str, extra: dict[str, Any] | None = None) -> str:
+    """Hash of a stage's params sections, input contents and code (plus extra facts such as the champion)."""
     spec = STAGES[stage]
     paths = StagePaths.from_params(params)
-    if require_outputs and not stage_outputs_exist(params, stage):
-        return None
     return stable_hash(
         {
             "stage": stage,
@@ -142,23 +138,48 @@ def _label_map(paths: StagePaths) -> dict[int, str]:
 # ---------------------------------------------------------------- data stages (no MLflow run yet)
 
 
+def _data_docs(paths: StagePaths) -> Path:
+    return paths.validate_dir / "data_docs"
+
+
 def run_validate(params: Params) -> dict[str, Any]:
     from pipelines.data.validate import validate_data
 
     paths = StagePaths.from_params(params)
     try:
-        return validate_data(params, paths.validation_report)
+        return validate_data(params, paths.validation_report, _data_docs(paths))
     except DataValidationError as exc:
-        record_failed_run(params, "validate", str(exc), exc.report_path)
+        record_failed_run(params, "validate", str(exc), exc.report_path, [_data_docs(paths)])
         raise
 
 
 def run_clean(params: Params) -> dict[str, Any]:
-    from pipelines.data.clean import clean_data
+    from pipelines.data.clean import clean_data, data_quality_metrics
 
     paths = StagePaths.from_params(params)
     _read_json(paths.validation_report, "validate")
-    return clean_data(params, paths.clean_dir)
+    try:
+        return clean_data(params, paths.clean_dir)
+    except DataValidationError as exc:  # too many rows quarantined
+        summary = json.loads(paths.clean_summary.read_text()) if paths.clean_summary.is_file() else {}
+        extra = [paths.clean_summary, _data_docs(paths)]
+        record_failed_run(params, "clean", str(exc), exc.report_path, extra, data_quality_metrics(summary))
+        raise
+
+
+def log_data_quality(paths: StagePaths) -> None:
+    """Into the active MLflow run: the Data Docs and the clean stage's counts (quarantine, duplicates, leakage)."""
+    import mlflow
+
+    from pipelines.data.clean import data_quality_metrics
+
+    if _data_docs(paths).is_dir():
+        mlflow.log_artifacts(str(_data_docs(paths)), artifact_path="data/data_docs")
+    if paths.clean_summary.is_file():
+        mlflow.log_metrics(data_quality_metrics(json.loads(paths.clean_summary.read_text())))
+    quarantine = paths.clean_dir / "quarantine.parquet"
+    if quarantine.is_file():
+        mlflow.log_artifact(str(quarantine), artifact_path="data")
 
 
 def run_tokenise(params: Params) -> dict[str, Any]:
@@ -183,7 +204,14 @@ def run_tokenise(params: Params) -> dict[str, Any]:
 # ---------------------------------------------------------------- tracked stages
 
 
-def record_failed_run(params: Params, stage: str, message: str, report: str | None = None) -> None:
+def record_failed_run(
+    params: Params,
+    stage: str,
+    message: str,
+    report: str | None = None,
+    extra: list[Path] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> None:
     """A run that stopped on bad data is still on record in MLflow, with the report that stopped it."""
     import mlflow
 
@@ -194,8 +222,21 @@ def record_failed_run(params: Params, stage: str, message: str, report: str | No
         mlflow.set_tags({"nlpops.failed_stage": stage, "nlpops.error": message[:4000]})
         if report and Path(report).is_file():
             mlflow.log_artifact(report, artifact_path=stage)
+        for path in extra or []:
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=f"{stage}/{path.name}")
+            elif path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=stage)
+        if metrics:
+            mlflow.log_metrics(metrics)
         mlflow.end_run(status="FAILED")
         del run
+
+
+def pipeline_code_digest() -> str:
+    """sha256 of every stage's source: what a scheduled run compares to decide whether the code changed."""
+    modules = {m for spec in STAGES.values() for m in spec.code}
+    return source_digest("pipelines.runner", *modules)
 
 
 def _lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
@@ -211,10 +252,12 @@ def _lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
         "data.dvc_tracked": str(data.get("dvc_tracked")).lower(),
         "data.clean_sha256": stable_hash(clean.get("sha256", {})),
         "data.test_sha256": file_digest(paths.clean_split("test")),
+        "data.validation_sha256": file_digest(paths.validation_report) if paths.validation_report.is_file() else "",
         "tokenise.cache_key": tokenised["cache_key"],
         "git.commit": git["commit"],
         "git.dirty": str(git["dirty"]).lower(),
         "params.hash": params.params_hash(),
+        "code.sha256": pipeline_code_digest(),
         "train.seed": str(params.train.seed),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
@@ -242,6 +285,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
         for report in (paths.validation_report, paths.clean_summary, paths.label_map):
             if report.is_file():
                 mlflow.log_artifact(str(report), artifact_path="data")
+        log_data_quality(paths)
         mlflow.log_dict(manifest, "data/tokenise_manifest.json")
 
         def log_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -257,6 +301,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
             get_task(params.task.type),
             manifest["pad_token_id"],
             on_epoch_end=log_epoch,
+            checkpoint_dir=paths.state / "checkpoints" / "train",
         )
         summary["run_id"] = run.info.run_id
         summary["base_model"] = str(model_path)
@@ -274,11 +319,50 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def champion_reference(params: Params, test_sha256: str, run_id: str) -> tuple[dict[str, Any] | None, str | None, str]:
-    """The champion's metrics on *this* test split, with how they were obtained.
+def _slices_path(paths: StagePaths) -> Path:
+    return paths.evaluate_dir / "slices.json"
 
-    Same test split as when it was registered → its recorded metrics; otherwise its ONNX model is scored on the
-    current split, so the comparison is always like for like.
+
+def test_slice_membership(params: Params, paths: StagePaths) -> tuple[dict[str, list[int]], str, list[str]]:
+    """Rows of each gate slice of the current test split, their digest, and notes (e.g. a missing slice column)."""
+    import pandas as pd
+
+    from pipelines.evaluate import membership_digest, slice_membership
+
+    gate = params.gate
+    test = pd.read_parquet(paths.clean_split("test"))
+    notes = []
+    if gate.length_slice_unit == "tokens":
+        tokenised = paths.tokenised_dir / "test.parquet"
+        lengths = pd.read_parquet(tokenised, columns=["length"])["length"].tolist() if tokenised.is_file() else None
+    else:
+        lengths = test["text"].astype(str).str.len()
+        if "text_pair" in test.columns:
+            lengths = lengths + test["text_pair"].astype(str).str.len()
+        lengths = lengths.tolist()
+    if lengths is not None and len(lengths) != len(test):
+        lengths = None
+        notes.append("tokenised test split does not match the cleaned one: no length slices")
+    groups = None
+    column = params.data.slice_column  # clean carries it into the splits as column 'slice'
+    if column:
+        if "slice" in test.columns:
+            groups = test["slice"].tolist()
+        else:
+            notes.append(f"data.slice_column {column!r}: no 'slice' column in {paths.clean_split('test')}")
+    members = slice_membership(
+        test["label"].tolist(), _label_map(paths), lengths, gate.long_text_threshold, groups, column
+    )
+    return members, membership_digest(members), notes
+
+
+def champion_reference(
+    params: Params, test_sha256: str, run_id: str, membership: str | None = None
+) -> tuple[dict[str, Any] | None, str | None, str]:
+    """The champion's metrics (with slices) on *this* test split, with how they were obtained.
+
+    Same test split and slice rows as when it was registered → its recorded metrics; otherwise its ONNX model is
+    scored on the current split, so the comparison is always like for like.
     """
     from pipelines.registry import alias_version
 
@@ -288,10 +372,35 @@ def champion_reference(params: Params, test_sha256: str, run_id: str) -> tuple[d
     if champion.run_id == run_id:
         return None, None, "the champion is this run's own model"
     tags = champion.tags or {}
-    if tags.get("data.test_sha256") == test_sha256 and params.gate.metric in {k.removeprefix("metric.") for k in tags}:
-        metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
-        return metrics, str(champion.version), "champion's recorded metrics on the same test split"
+    same_split = tags.get("data.test_sha256") == test_sha256
+    if same_split and tags.get(f"metric.{params.gate.metric}") is not None:
+        metrics: dict[str, Any] = {
+            k.removeprefix("metric."): float(v)
+            for k, v in tags.items()
+            if k.startswith("metric.") and k != "metric.slices"
+        }
+        if membership is None or tags.get("slices.membership") != membership:
+            return metrics, str(champion.version), "champion's recorded metrics on the same test split (no slices)"
+        slices = _recorded_slices(champion, tags)
+        if slices is not None:
+            metrics["slices"] = slices
+            return metrics, str(champion.version), "champion's recorded metrics and slices on the same test split"
     return score_champion(params, champion), str(champion.version), "champion re-scored on the current test split"
+
+
+def _recorded_slices(champion: Any, tags: dict[str, str]) -> dict[str, Any] | None:
+    if tags.get("metric.slices"):
+        try:
+            recorded = json.loads(tags["metric.slices"]).items()
+            return {k: {"value": v[0], "rows": v[1], "metric": v[2]} for k, v in recorded}
+        except (json.JSONDecodeError, IndexError, TypeError):
+            pass
+    try:
+        import mlflow
+
+        return mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/evaluate/slices.json")["slices"]
+    except Exception:
+        return None
 
 
 def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
@@ -299,6 +408,7 @@ def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
     import numpy as np
     import pandas as pd
 
+    from pipelines.evaluate import score_slices
     from pipelines.serving import OnnxTextClassifier
     from pipelines.tasks.text_classification import classification_metrics
 
@@ -317,14 +427,18 @@ def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
     if any(p["label"] not in label2id for p in predicted):
         return None  # a champion with another label set cannot be compared
     ids = np.asarray([label2id[p["label"]] for p in predicted])
-    return classification_metrics(ids, test["label"].to_numpy(), id2label)
+    labels = test["label"].to_numpy()
+    metrics = classification_metrics(ids, labels, id2label)
+    members, _, _ = test_slice_membership(params, paths)
+    metrics["slices"] = score_slices(ids, labels, members, id2label, params.gate.metric)
+    return metrics
 
 
 def run_evaluate(params: Params) -> dict[str, Any]:
-    """Test-split metrics and plots, then the gate against the current champion."""
+    """Test-split metrics, slices and plots, then the (preliminary) gate against the current champion."""
     import mlflow
 
-    from pipelines.evaluate import decide_gate, write_evaluation
+    from pipelines.evaluate import decide_gate, score_slices, write_evaluation
     from pipelines.tasks import get_task
     from pipelines.tracking import configure_tracking
     from pipelines.train import load_pretrained_checkpoint, predict_logits, read_tokenised_split
@@ -342,9 +456,12 @@ def run_evaluate(params: Params) -> dict[str, Any]:
 
     scores = task.compute_metrics(logits, np.asarray(labels), id2label)
     files = write_evaluation(scores, logits.argmax(axis=-1), np.asarray(labels), paths.evaluate_dir)
+    members, membership, notes = test_slice_membership(params, paths)
+    scores["slices"] = score_slices(logits.argmax(axis=-1), np.asarray(labels), members, id2label, params.gate.metric)
+    _write_json(_slices_path(paths), {"slices": scores["slices"], "membership_sha256": membership, "notes": notes})
     configure_tracking(params)
     champion_metrics, champion_version, basis = champion_reference(
-        params, file_digest(paths.clean_split("test")), train_summary["run_id"]
+        params, file_digest(paths.clean_split("test")), train_summary["run_id"], membership
     )
     decision = decide_gate(scores, params.gate, champion_metrics, champion_version)
     gate = {**decision.to_dict(), "champion_basis": basis}
@@ -354,14 +471,15 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         for name, stats in scores["per_class"].items():
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
             mlflow.log_metric(f"test_f1.{safe}", stats["f1"])
-        for path in (*files.values(), paths.gate):
+        for path in (*files.values(), paths.gate, _slices_path(paths)):
             mlflow.log_artifact(str(path), artifact_path="evaluate")
-        mlflow.set_tag("gate.passed", str(decision.passed).lower())
+        mlflow.set_tag("gate.metrics_passed", str(decision.passed).lower())
     return {
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
         "test_rows": scores["rows"],
         "gate": gate,
+        "slice_notes": notes,
         "run_id": train_summary["run_id"],
     }
 
@@ -399,42 +517,75 @@ def _log_parity(run_id: str, paths: StagePaths, passed: bool) -> None:
 
 
 def run_register(params: Params) -> dict[str, Any]:
-    """Register the exported model as challenger; move champion only when the gate passed."""
+    """Register the exported model as challenger; the final gate (metrics, slices, parity, latency) is decided
+    under the promotion lock against the champion of that moment, and champion moves only when it passed."""
+    import mlflow
+
+    from pipelines.evaluate import decide_gate
     from pipelines.registry import register_challenger
+    from pipelines.registry_lock import LockSettings
     from pipelines.tracking import configure_tracking
 
     paths = StagePaths.from_params(params)
     train_summary = _read_json(paths.train_summary, "train")
-    gate = _read_json(paths.gate, "evaluate")
+    _read_json(paths.gate, "evaluate")
     parity = _read_json(paths.parity_report, "export")
     if not parity.get("passed"):
         raise ParityError(f"{paths.parity_report}: ONNX parity failed; nothing registered")
     configure_tracking(params)
     metrics = _read_json(paths.metrics, "evaluate")
+    sliced = _read_json(_slices_path(paths), "evaluate")
+    challenger = {**metrics, "slices": sliced.get("slices", {})}
+    run_id = train_summary["run_id"]
+    test_sha256 = file_digest(paths.clean_split("test"))
+    compact_slices = json.dumps(
+        {k: [v["value"], v["rows"], v["metric"]] for k, v in challenger["slices"].items()}, separators=(",", ":")
+    )
     tags = _lineage_tags(params, paths)
     tags.update(
         {
-            "run_id": train_summary["run_id"],
-            "gate.passed": str(gate["passed"]).lower(),
-            "gate.decision": json.dumps({"passed": gate["passed"], "reasons": gate["reasons"]})[:4900],
+            "run_id": run_id,
             "onnx.sha256": str(parity.get("onnx_sha256")),
             "onnx.parity_max_abs_diff": str(parity.get("max_abs_diff")),
+            "onnx.latency_p95_ms": str(parity.get("latency_p95_ms")),
+            "slices.membership": str(sliced.get("membership_sha256")),
             **{f"metric.{k}": str(v) for k, v in metrics.items() if k in ("accuracy", "macro_f1")},
         }
     )
-    reason = "gate passed: " + "; ".join(gate["reasons"]) if gate["passed"] else "gate failed"
+    if len(compact_slices) <= 4900:  # else the champion's slices are read from its run artifact
+        tags["metric.slices"] = compact_slices
+    decided: dict[str, Any] = {}
+
+    def decide(_champion: Any) -> Any:
+        reference, version, basis = champion_reference(params, test_sha256, run_id, sliced.get("membership_sha256"))
+        decision = decide_gate(challenger, params.gate, reference, version, parity, parity.get("latency_p95_ms"))
+        decided.update(decision.to_dict(), champion_basis=basis)
+        return decision
+
+    def log_model() -> str:
+        from pipelines.serving import log_onnx_pyfunc
+
+        with mlflow.start_run(run_id=run_id):
+            return log_onnx_pyfunc(paths.export_dir, name="model").model_uri
+
     result = register_challenger(
         params.project.registered_model,
-        train_summary["run_id"],
-        paths.export_dir,
+        run_id,
+        log_model,
         tags,
-        promote=bool(gate["passed"]),
+        decide,
         challenger_alias=params.register_.challenger_alias,
         champion_alias=params.register_.champion_alias,
-        reason=reason,
+        lock=LockSettings.from_params(params),
     )
-    result["gate_passed"] = gate["passed"]
-    result["gate_reasons"] = gate["reasons"]
+    if decided:  # a fresh decision (not a re-run of a version already decided): keep it on the run too
+        result["gate"] = decided
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_dict(decided, "register/gate_decision.json")
+            mlflow.set_tag("gate.passed", str(decided["passed"]).lower())
+    gate = result.get("gate") or {}
+    result["gate_passed"] = gate.get("passed")
+    result["gate_reasons"] = gate.get("reasons") or gate.get("failed") or []
     _write_json(paths.registration, result)
     return result
 

@@ -56,6 +56,9 @@ def artifact_root(params: Params) -> str:
     return (Path(params.project.state_dir) / "mlartifacts").resolve().as_uri()
 
 
+_registry_set_here: str | None = None
+
+
 def configure_tracking(params: Params) -> str:
     """Point MLflow at the tracking/registry store and select (or create) the experiment; returns its id."""
     import mlflow
@@ -63,10 +66,33 @@ def configure_tracking(params: Params) -> str:
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # mlflow.set_*_uri also export MLFLOW_*_URI, so a registry URI this process set itself earlier (another
+    # project, another test) must not be mistaken for the user's MLFLOW_REGISTRY_URI.
+    global _registry_set_here
+    registry = os.environ.get("MLFLOW_REGISTRY_URI")
+    if not registry or registry == _registry_set_here:
+        registry = uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    mlflow.set_registry_uri(registry)
+    _registry_set_here = registry
+    # A server restart should be ridden out, a dead server reported within about a minute (MLflow's own
+    # default backs off for over four minutes per request): retries at 2, 4, 8, 16, 32 s.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(params.project.experiment)
+    try:
+        experiment = client.get_experiment_by_name(params.project.experiment)
+    except mlflow.exceptions.MlflowException as exc:
+        if "Max retries exceeded" not in str(exc) and "Connection" not in str(exc):
+            raise
+        from pipelines.errors import ServiceError
+
+        retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        raise ServiceError(
+            f"MLflow tracking server {uri} unreachable after {retries} retries with backoff; start it "
+            "(`nlpops services up`) or fix MLFLOW_TRACKING_URI. Nothing was logged or registered."
+        ) from None
     if experiment is None:
         # A real server keeps its own artifact root; only the embedded default needs one chosen here.
         location = artifact_root(params) if uri.startswith("sqlite:") else None

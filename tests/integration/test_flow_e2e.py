@@ -126,7 +126,9 @@ def test_first_run_registers_an_onnx_champion_with_lineage(project: Path, first_
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / '.nlpops' / 'mlflow.db'}")
+    uri = f"sqlite:///{project / '.nlpops' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/1", dst_path=str(project / "dl")))
     onnx_files = list(local.rglob("model.onnx"))
     assert onnx_files and onnx_files[0].stat().st_size > 1000

@@ -52,3 +52,12 @@ def test_predict_without_a_champion_is_a_clear_error(tmp_path: Path) -> None:
     done = run("predict", "hello", cwd=tmp_path)
     assert done.returncode == 2
     assert "no version with alias 'champion'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_in_a_fresh_folder_starts_prefect_and_names_the_missing_file(tmp_path: Path) -> None:
+    # No .nlpops/ yet: the state dir (and Prefect's home inside it) must be created before Prefect starts.
+    (tmp_path / "params.yaml").write_text("data:\n  path: missing.csv\n")
+    done = run("run", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: missing.csv: file not found"
+    assert (tmp_path / ".nlpops" / "prefect").is_dir()

@@ -516,6 +516,25 @@ def _log_parity(run_id: str, paths: StagePaths, passed: bool) -> None:
             mlflow.log_artifact(str(paths.parity_report), artifact_path="export")
 
 
+def _raise_if_registry_unreachable(params: Params, exc: Exception) -> None:
+    """The registry went away mid-registration (after the client's retries): one line, and how to finish."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.errors import NlpopsError, ServiceError
+    from pipelines.tracking import tracking_uri
+
+    if isinstance(exc, NlpopsError):
+        return
+    text = str(exc)
+    network = isinstance(exc, OSError) or type(exc).__module__.startswith(("requests", "urllib3"))
+    if network or (isinstance(exc, MlflowException) and ("Max retries" in text or "Connection" in text)):
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        raise ServiceError(
+            f"registry at {tracking_uri(params)} unreachable during registration ({first}); aliases were not "
+            "moved; rerun `nlpops register` to finish (it reuses this run's version, never a second one)"
+        ) from None
+
+
 def run_register(params: Params) -> dict[str, Any]:
     """Register the exported model as challenger; the final gate (metrics, slices, parity, latency) is decided
     under the promotion lock against the champion of that moment, and champion moves only when it passed."""
@@ -568,16 +587,20 @@ def run_register(params: Params) -> dict[str, Any]:
         with mlflow.start_run(run_id=run_id):
             return log_onnx_pyfunc(paths.export_dir, name="model").model_uri
 
-    result = register_challenger(
-        params.project.registered_model,
-        run_id,
-        log_model,
-        tags,
-        decide,
-        challenger_alias=params.register_.challenger_alias,
-        champion_alias=params.register_.champion_alias,
-        lock=LockSettings.from_params(params),
-    )
+    try:
+        result = register_challenger(
+            params.project.registered_model,
+            run_id,
+            log_model,
+            tags,
+            decide,
+            challenger_alias=params.register_.challenger_alias,
+            champion_alias=params.register_.champion_alias,
+            lock=LockSettings.from_params(params),
+        )
+    except Exception as exc:
+        _raise_if_registry_unreachable(params, exc)
+        raise
     if decided:  # a fresh decision (not a re-run of a version already decided): keep it on the run too
         result["gate"] = decided
         with mlflow.start_run(run_id=run_id):

@@ -17,6 +17,13 @@ NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "weak", "messy
 FILLER = ["the", "film", "was", "really", "a", "very", "story", "plot", "and", "acting", "it", "is", "quite"]
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without MLFLOW_* / PREFECT_* variables that earlier in-process tests exported (mlflow.set_*_uri
+    and the CLI's set-up write them), so a CLI subprocess sees only what its own params and folder say."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    return {**env, **extra}
+
+
 def tiny_vocab() -> list[str]:
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     return special + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list("abcdefghijklmnopqrstuvwxyz.,!?")

@@ -4,12 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import clean_env
+
 REPO = Path(__file__).resolve().parents[2]
 NLPOPS = Path(sys.executable).parent / "nlpops"
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(NLPOPS), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(NLPOPS), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=clean_env())
 
 
 def test_help_lists_every_stage_and_verb() -> None:

@@ -57,6 +57,8 @@ def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Other tests may leave an active experiment id behind that this fresh store does not have.
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    if mlflow.get_experiment_by_name("tests") is None:  # artifacts under tmp_path, not ./mlruns
+        mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())
     mlflow.set_experiment("tests")
     files = tmp_path / "files"
     (files / "data").mkdir(parents=True)

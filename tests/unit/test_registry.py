@@ -41,6 +41,8 @@ def store(tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch):
     # Other tests may leave an active experiment id behind that this fresh store does not have.
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    if mlflow.get_experiment_by_name("tests") is None:  # artifacts under tmp_path, not ./mlruns
+        mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())
     mlflow.set_experiment("tests")
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)

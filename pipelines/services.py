@@ -12,6 +12,7 @@ are what infra/docker-compose.yml runs as containers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +78,9 @@ def _postgres_error(cfg: ServicesConfig, exc: Exception) -> ServiceError:
     return ServiceError(f"PostgreSQL at {cfg.postgres_url} refused: {first} (set NLPOPS_POSTGRES_URL)")
 
 
-def ensure_database(cfg: ServicesConfig, name: str) -> bool:
-    """Create the database when it does not exist; True when it was created."""
+@contextlib.contextmanager
+def _admin_cursor(cfg: ServicesConfig) -> Iterator[Any]:
+    """An autocommit cursor on the `postgres` database (CREATE/DROP DATABASE); errors name the server."""
     import psycopg2
 
     try:
@@ -87,30 +90,26 @@ def ensure_database(cfg: ServicesConfig, name: str) -> bool:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone():
-                return False
-            cur.execute(f'CREATE DATABASE "{name}"')
-            return True
+            yield cur
     except psycopg2.Error as exc:
         raise _postgres_error(cfg, exc) from None
     finally:
         conn.close()
+
+
+def ensure_database(cfg: ServicesConfig, name: str) -> bool:
+    """Create the database when it does not exist; True when it was created."""
+    with _admin_cursor(cfg) as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone():
+            return False
+        cur.execute(f'CREATE DATABASE "{name}"')
+        return True
 
 
 def drop_database(cfg: ServicesConfig, name: str) -> None:
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(cfg.database_url("postgres"), connect_timeout=10)
-    except psycopg2.Error as exc:
-        raise _postgres_error(cfg, exc) from None
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
+    with _admin_cursor(cfg) as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:

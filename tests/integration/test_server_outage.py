@@ -20,6 +20,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 NAME = "outage-model"
+DEAD_NAME = "outage-dead-model"
 PARITY = {"passed": True, "max_abs_diff": 0.0, "atol": 1e-4, "rows": 1, "label_mismatches": 0}
 
 
@@ -64,16 +65,24 @@ class Server:
         self.proc = None
 
 
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    srv = Server(tmp_path)
+@pytest.fixture(scope="module")
+def running_server(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the module (starting one takes 15-25 s here); each test uses its own model name."""
+    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
     srv.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.url)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server(running_server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    if running_server.proc is None:
+        running_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", running_server.url)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return running_server
 
 
 def _register(run_id: str, state_dir: Path) -> dict[str, Any]:
@@ -144,10 +153,10 @@ def test_a_server_that_stays_down_is_one_line_and_changes_nothing(server: Server
 
     params = tmp_path / "params.yaml"
     params.write_text(
-        f"project:\n  state_dir: {tmp_path / 'state'}\n  registered_model: {NAME}\ndata:\n  path: x.csv\n"
+        f"project:\n  state_dir: {tmp_path / 'state'}\n  registered_model: {DEAD_NAME}\ndata:\n  path: x.csv\n"
     )
     client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-    client.create_registered_model(NAME)
+    client.create_registered_model(DEAD_NAME)
     server.stop()
     env = {
         **os.environ,
@@ -164,4 +173,4 @@ def test_a_server_that_stays_down_is_one_line_and_changes_nothing(server: Server
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and server.url in lines[0] and "Traceback" not in done.stderr, (command, done.stderr)
     server.start()
-    assert client.search_model_versions(f"name = '{NAME}'") == []
+    assert client.search_model_versions(f"name = '{DEAD_NAME}'") == []

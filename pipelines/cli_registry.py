@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from pipelines.config import DEFAULT_PARAMS_FILE, Params
-from pipelines.errors import NlpopsError, RegistryError
+from pipelines.errors import NlpopsError, RegistryError, first_line
 
 models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
 
@@ -38,7 +38,7 @@ def _params(params_file: str, verbose: bool) -> Params:
 @contextlib.contextmanager
 def _registry(params: Params) -> Iterator[None]:
     """Point MLflow at the store; a store that cannot be reached is one readable line, not a traceback."""
-    from pipelines.tracking import configure_tracking, tracking_uri
+    from pipelines.tracking import configure_tracking, is_unreachable, tracking_uri
 
     try:
         configure_tracking(params)
@@ -48,9 +48,10 @@ def _registry(params: Params) -> Iterator[None]:
     except Exception as exc:
         from mlflow.exceptions import MlflowException
 
-        if isinstance(exc, MlflowException | OSError) or type(exc).__module__.startswith(("requests", "urllib3")):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RegistryError(f"registry at {tracking_uri(params)}: {first[:300]}; nothing was changed") from None
+        if isinstance(exc, MlflowException) or is_unreachable(exc):  # API errors too: nothing was changed
+            raise RegistryError(
+                f"registry at {tracking_uri(params)}: {first_line(exc, 300)}; nothing was changed"
+            ) from None
         raise
 
 

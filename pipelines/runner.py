@@ -518,20 +518,13 @@ def _log_parity(run_id: str, paths: StagePaths, passed: bool) -> None:
 
 def _raise_if_registry_unreachable(params: Params, exc: Exception) -> None:
     """The registry went away mid-registration (after the client's retries): one line, and how to finish."""
-    from mlflow.exceptions import MlflowException
+    from pipelines.errors import NlpopsError, ServiceError, first_line
+    from pipelines.tracking import is_unreachable, tracking_uri
 
-    from pipelines.errors import NlpopsError, ServiceError
-    from pipelines.tracking import tracking_uri
-
-    if isinstance(exc, NlpopsError):
-        return
-    text = str(exc)
-    network = isinstance(exc, OSError) or type(exc).__module__.startswith(("requests", "urllib3"))
-    if network or (isinstance(exc, MlflowException) and ("Max retries" in text or "Connection" in text)):
-        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    if not isinstance(exc, NlpopsError) and is_unreachable(exc):
         raise ServiceError(
-            f"registry at {tracking_uri(params)} unreachable during registration ({first}); aliases were not "
-            "moved; rerun `nlpops register` to finish (it reuses this run's version, never a second one)"
+            f"registry at {tracking_uri(params)} unreachable during registration ({first_line(exc, 200)}); aliases "
+            "were not moved; rerun `nlpops register` to finish (it reuses this run's version, never a second one)"
         ) from None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pipelines.errors import ServiceError
+from pipelines.errors import ServiceError, first_line
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 STATE_FILE = "services.json"
@@ -74,8 +74,7 @@ class ServicesConfig:
 
 
 def _postgres_error(cfg: ServicesConfig, exc: Exception) -> ServiceError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ServiceError(f"PostgreSQL at {cfg.postgres_url} refused: {first} (set NLPOPS_POSTGRES_URL)")
+    return ServiceError(f"PostgreSQL at {cfg.postgres_url} refused: {first_line(exc)} (set NLPOPS_POSTGRES_URL)")
 
 
 @contextlib.contextmanager

@@ -59,6 +59,15 @@ def artifact_root(params: Params) -> str:
 _registry_set_here: str | None = None
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """A network failure talking to the tracking/registry server (after MLflow's own retries), not an API error."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, OSError) or type(exc).__module__.startswith(("requests", "urllib3")):
+        return True
+    return isinstance(exc, MlflowException) and ("Max retries" in str(exc) or "Connection" in str(exc))
+
+
 def configure_tracking(params: Params) -> str:
     """Point MLflow at the tracking/registry store and select (or create) the experiment; returns its id."""
     import mlflow
@@ -84,7 +93,7 @@ def configure_tracking(params: Params) -> str:
     try:
         experiment = client.get_experiment_by_name(params.project.experiment)
     except mlflow.exceptions.MlflowException as exc:
-        if "Max retries exceeded" not in str(exc) and "Connection" not in str(exc):
+        if not is_unreachable(exc):
             raise
         from pipelines.errors import ServiceError
 

@@ -343,6 +343,16 @@ def _failed_classes(result: dict[str, Any], stats: pd.DataFrame, column: str) ->
     return [str(stats["label"].iloc[i]) for i in indexes if isinstance(i, (int, np.integer)) and 0 <= i < len(stats)]
 
 
+def _first_failed_class(result: dict[str, Any], stats: pd.DataFrame, column: str) -> tuple[str, float, str]:
+    """The first class a per-class expectation failed on, its value in `column`, and '(+N more classes)'."""
+    failed = _failed_classes(result, stats, column)
+    count = int(result.get("unexpected_count") or 0)
+    more = f" (+{count - 1} more classes)" if count > 1 else ""
+    if not failed:
+        return "?", 0.0, more
+    return failed[0], float(stats.loc[stats["label"] == failed[0], column].iloc[0]), more
+
+
 def _describe(
     check: str, result: dict[str, Any], params: Params, role: str, n_rows: int, stats: pd.DataFrame, main_path: str
 ) -> str:
@@ -386,10 +396,8 @@ def _describe(
         shown = ", ".join(repr(c) for c in present[:5])
         return f"{len(present)} distinct labels ({shown}); a classifier needs at least 2"
     if check == "class_min_rows":
-        failed = _failed_classes(result, stats, "rows")
-        first = failed[0] if failed else "?"
-        have = int(stats.loc[stats["label"] == first, "rows"].iloc[0]) if failed else 0
-        more = f" (+{count - 1} more classes)" if count > 1 else ""
+        first, rows, more = _first_failed_class(result, stats, "rows")
+        have = int(rows)
         if role != "train":
             return (
                 f"class {first!r} has no rows in this {role} file{more}; every class of {main_path} must appear in "
@@ -397,10 +405,7 @@ def _describe(
             )
         return f"class {first!r} has {_n(have)}, fewer than validate.min_rows_per_class={cfg.min_rows_per_class}{more}"
     if check == "class_min_share":
-        failed = _failed_classes(result, stats, "share")
-        first = failed[0] if failed else "?"
-        share = float(stats.loc[stats["label"] == first, "share"].iloc[0]) if failed else 0.0
-        more = f" (+{count - 1} more classes)" if count > 1 else ""
+        first, share, more = _first_failed_class(result, stats, "share")
         floor = _pct(cfg.min_class_share)
         return f"class {first!r} is {_pct(share)} of the rows, less than validate.min_class_share={floor}{more}"
     if check == "one_label_type":

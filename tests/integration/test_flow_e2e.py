@@ -5,56 +5,39 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_tiny_model, make_sentiment_rows
+from conftest import build_tiny_model, clean_env, copy_repo, git, make_sentiment_rows
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_NAME = "e2e-sentiment"
 
 
-def _env(project: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["HF_HUB_OFFLINE"] = "1"
-    env["NLPOPS_ACTOR"] = "e2e-test"
-    return env
+def _env() -> dict[str, str]:
+    return clean_env(NLPOPS_ACTOR="e2e-test")
 
 
 def nlpops(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "nlpops"), *args], cwd=project, env=_env(project), capture_output=True, text=True, timeout=600
-    )
-
-
-def _git(project: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", *args],
+        [str(BIN / "nlpops"), *args],
         cwd=project,
-        check=True,
+        env=_env(),
         capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of this repository's tracked files, with a tiny model and tiny data, under git and DVC."""
-    root = tmp_path_factory.mktemp("e2e") / "project"
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for rel in tracked.splitlines():
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("tests/", "demo/", "data/")):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / rel)
+    root = copy_repo(tmp_path_factory.mktemp("e2e") / "project", skip=("tests/", "demo/", "data/"))
     model_dir = build_tiny_model(root.parent / "tiny-bert")
     (root / "incoming").mkdir()
     with (root / "incoming" / "reviews.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -70,11 +53,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["train"].update(epochs=4, learning_rate=5e-3, batch_size=8, warmup_ratio=0.0, early_stopping_patience=0)
     params["gate"]["min_score"] = 0.5
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(root, "init", "-q")
+    git(root, "init", "-q")
     done = nlpops(root, "data", "add", "incoming/reviews.csv")
     assert done.returncode == 0, done.stderr
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "e2e project")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "e2e project")
     return root
 
 
@@ -151,7 +134,7 @@ def test_predict_uses_the_champion(project: Path, first_run) -> None:
 
 def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:
     done = subprocess.run(
-        [str(BIN / "dvc"), "repro"], cwd=project, env=_env(project), capture_output=True, text=True, timeout=300
+        [str(BIN / "dvc"), "repro"], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     for stage in ("validate", "clean", "tokenise", "train", "evaluate", "export", "register"):

@@ -7,22 +7,19 @@ real `mlflow server` process on a throwaway PostgreSQL database (PostgreSQL advi
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MlflowServer
 
 pytestmark = pytest.mark.integration
 
@@ -180,12 +177,6 @@ def _with_uri(uri: str, fn):
         mlflow.set_registry_uri(None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_mlflow_server(tmp_path: Path):
     """A throwaway database and a real `mlflow server` on it; both removed afterwards."""
@@ -198,50 +189,13 @@ def postgres_mlflow_server(tmp_path: Path):
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{db}"')
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"{PG.replace('postgresql://', 'postgresql+psycopg2://')}/{db}",  # SQLAlchemy 2.1 defaults to psycopg 3
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    # SQLAlchemy 2.1 defaults to psycopg 3: name the driver that is installed.
+    server = MlflowServer(tmp_path, f"{PG.replace('postgresql://', 'postgresql+psycopg2://')}/{db}", workers=2)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not become healthy:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, f"{PG}/{db}"
+        server.start()
+        yield server.url, f"{PG}/{db}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-        log.close()
+        server.stop()
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()

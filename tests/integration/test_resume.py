@@ -14,13 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import make_sentiment_rows
-
-from pipelines.config import TokeniseConfig
-from pipelines.tasks import get_task
-from pipelines.tokenise import tokenise_splits
+from conftest import tokenise_sentiment
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +47,7 @@ Path(result).write_text(json.dumps(summary))
 
 @pytest.fixture
 def tokenised(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    df = pd.DataFrame(make_sentiment_rows(180, seed=5), columns=["text", "label"])
-    df["label"] = (df["label"] == "positive").astype("int64")
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    df[:140].to_parquet(clean / "train.parquet")
-    df[140:].to_parquet(clean / "validation.parquet")
-    df[140:].to_parquet(clean / "test.parquet")
-    task = get_task("text_classification")
-    tokenise_splits(clean, tiny_model_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(), task)
-    return tmp_path / "tok"
+    return tokenise_sentiment(tmp_path, tiny_model_dir, 180, seed=5, validation=slice(140, None), test=slice(140, None))
 
 
 def _start(tmp: Path, tok: Path, model: Path, name: str, delay: float) -> tuple[subprocess.Popen, Path]:

@@ -5,17 +5,15 @@ fails with one line naming it, and the registry is as it was."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MlflowServer
 
 pytestmark = pytest.mark.integration
 
@@ -24,51 +22,11 @@ DEAD_NAME = "outage-dead-model"
 PARITY = {"passed": True, "max_abs_diff": 0.0, "atol": 1e-4, "rows": 1, "label_mismatches": 0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on a SQLite store, as a process that can be stopped and started again on the same port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, _free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        bin_dir = Path(sys.executable).parent
-        command = [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--workers", "1"]
-        command += ["--artifacts-destination", (self.root / "artifacts").as_uri()]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture(scope="module")
 def running_server(tmp_path_factory: pytest.TempPathFactory):
     """One server for the module (starting one takes 15-25 s here); each test uses its own model name."""
-    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
+    root = tmp_path_factory.mktemp("mlflow-server")
+    srv = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
     srv.start()
     try:
         yield srv
@@ -77,7 +35,7 @@ def running_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def server(running_server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+def server(running_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> MlflowServer:
     if running_server.proc is None:
         running_server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", running_server.url)
@@ -114,7 +72,7 @@ def _register(run_id: str, state_dir: Path) -> dict[str, Any]:
 
 
 def test_registration_rides_out_a_server_restart_and_is_idempotent(
-    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
     from mlflow import MlflowClient
@@ -148,7 +106,7 @@ def test_registration_rides_out_a_server_restart_and_is_idempotent(
     print(f"\nregistration through a server restart: {waited:.1f} s, 1 version, champion v1")
 
 
-def test_a_server_that_stays_down_is_one_line_and_changes_nothing(server: Server, tmp_path: Path) -> None:
+def test_a_server_that_stays_down_is_one_line_and_changes_nothing(server: MlflowServer, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     params = tmp_path / "params.yaml"

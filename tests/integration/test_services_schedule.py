@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_tiny_model, make_sentiment_rows
+from conftest import build_tiny_model, clean_env, copy_repo, free_port, git, make_sentiment_rows
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_NAME = "sched-sentiment"
 DEPLOYMENT = "nightly-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_up() -> bool:
@@ -44,34 +35,13 @@ def _postgres_up() -> bool:
         return False
 
 
-def _git(project: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=project,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     if not _postgres_up():
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
-    root = tmp_path_factory.mktemp("sched") / "project"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for rel in files.splitlines():
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("tests/", "demo/", "data/", "infra/", "benchmarks/")):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / rel)
+    root = copy_repo(
+        tmp_path_factory.mktemp("sched") / "project", skip=("tests/", "demo/", "data/", "infra/", "benchmarks/")
+    )
     model_dir = build_tiny_model(root.parent / "tiny-bert")
     (root / "incoming").mkdir()
     with (root / "incoming" / "reviews.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -88,11 +58,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     suffix = uuid.uuid4().hex[:8]
-    mlflow_port, prefect_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        HF_HUB_OFFLINE="1",
+    mlflow_port, prefect_port = free_port(), free_port()
+    env = clean_env(
         NLPOPS_ACTOR="schedule-test",
         NLPOPS_MLFLOW_DB=f"nlpops_t{suffix}_mlflow",
         NLPOPS_PREFECT_DB=f"nlpops_t{suffix}_prefect",
@@ -110,11 +77,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             timeout=600,
         )
 
-    _git(root, "init", "-q")
+    git(root, "init", "-q")
     done = nlpops("data", "add", "incoming/reviews.csv")
     assert done.returncode == 0, done.stderr
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "schedule test project")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "schedule test project")
 
     server = None
     try:
@@ -195,7 +162,7 @@ def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack
         tags = champion.tags
         dvc_md5 = yaml.safe_load((root / "data/raw/reviews.csv.dvc").read_text())["outs"][0]["md5"]
         assert tags["data.md5"] == dvc_md5 and tags["data.dvc_tracked"] == "true"
-        assert tags["git.commit"] == _git(root, "rev-parse", "HEAD")
+        assert tags["git.commit"] == git(root, "rev-parse", "HEAD")
         assert tags["params.hash"] and tags["code.sha256"] and tags["run_id"] == champion.run_id
         assert client.get_run(champion.run_id).info.status == "FINISHED"
 

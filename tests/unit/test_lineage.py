@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import git, use_mlflow_store
 
 from pipelines.audit import build_lineage, render_html, render_text
 from pipelines.config import stable_hash
@@ -21,17 +22,6 @@ from pipelines.hashing import file_digest, file_md5
 from pipelines.registry import move_alias
 
 NAME = "audited"
-
-
-def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.fixture
@@ -44,22 +34,13 @@ def audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = project / "data" / "raw" / "reviews.csv"
     data.write_text("text,label\ngood film,positive\nbad film,negative\n")
     (project / "params.yaml").write_text(f"project:\n  registered_model: {NAME}\ndata:\n  path: data/raw/reviews.csv\n")
-    _git(project, "init", "-q")
-    _git(project, "add", "-A")
-    _git(project, "commit", "-qm", "data")
-    commit = _git(project, "rev-parse", "HEAD")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "data")
+    commit = git(project, "rev-parse", "HEAD")
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("NLPOPS_ACTOR", "auditor")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    # Other tests may leave an active experiment id behind that this fresh store does not have.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    if mlflow.get_experiment_by_name("tests") is None:  # artifacts under tmp_path, not ./mlruns
-        mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    mlflow.set_experiment("tests")
+    use_mlflow_store(uri, tmp_path, monkeypatch, actor="auditor")
     files = tmp_path / "files"
     (files / "data").mkdir(parents=True)
     report = files / "data" / "report.json"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import use_mlflow_store
 
 from pipelines import registry
 from pipelines.config import GateConfig
@@ -33,17 +34,8 @@ def store(tmp_path: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch):
     db = tmp_path / "mlflow.db"
     shutil.copy(empty_store, db)
     uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("NLPOPS_ACTOR", "alice")
     monkeypatch.delenv("NLPOPS_LOCK_URL", raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    # Other tests may leave an active experiment id behind that this fresh store does not have.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    if mlflow.get_experiment_by_name("tests") is None:  # artifacts under tmp_path, not ./mlruns
-        mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    mlflow.set_experiment("tests")
+    use_mlflow_store(uri, tmp_path, monkeypatch, actor="alice")
     yield mlflow.MlflowClient()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)

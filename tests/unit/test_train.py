@@ -4,14 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import make_sentiment_rows
+from conftest import tokenise_sentiment
 
-from pipelines.config import ModelConfig, TokeniseConfig, TrainConfig
+from pipelines.config import ModelConfig, TrainConfig
 from pipelines.errors import ModelLoadError
 from pipelines.tasks import get_task
-from pipelines.tokenise import tokenise_splits
 from pipelines.train import (
     apply_freezing,
     encoder_layers,
@@ -85,15 +83,7 @@ def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tokenised(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    df = pd.DataFrame(make_sentiment_rows(200, seed=1), columns=["text", "label"])
-    df["label"] = (df["label"] == "positive").astype("int64")
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    df[:140].to_parquet(clean / "train.parquet")
-    df[140:170].to_parquet(clean / "validation.parquet")
-    df[170:].to_parquet(clean / "test.parquet")
-    tokenise_splits(clean, tiny_model_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(), TASK)
-    return tmp_path / "tok"
+    return tokenise_sentiment(tmp_path, tiny_model_dir, 200, seed=1, validation=slice(140, 170), test=slice(170, None))
 
 
 def test_training_learns_and_keeps_the_best_epoch(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -144,7 +144,10 @@ def _commands(cfg: ServicesConfig) -> dict[str, tuple[list[str], dict[str, str]]
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
     }
-    return {"mlflow": (mlflow_cmd, {}), "prefect": (prefect_cmd, prefect_env)}
+    # MLflow 3 starts a job runner and seven Huey consumers (GenAI scorer jobs nlpops never submits): eight
+    # more Python processes, about 1.3 GB, each importing MLflow at start-up. Off unless the user says so.
+    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    return {"mlflow": (mlflow_cmd, mlflow_env), "prefect": (prefect_cmd, prefect_env)}
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

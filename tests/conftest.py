@@ -104,7 +104,7 @@ class MlflowServer:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_env(),
+                env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # as `nlpops services up` runs it
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

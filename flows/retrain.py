@@ -18,6 +18,7 @@ from prefect.states import Completed
 
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pipelines.errors import NlpopsError, ServiceError
+from pipelines.redact import install_log_redaction
 from pipelines.runner import STAGE_RUNNERS, stage_fingerprint, stage_outputs_exist
 
 STAGE_ORDER = ("validate", "clean", "tokenise", "train", "evaluate", "export", "register")
@@ -121,6 +122,7 @@ def retrain(
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
     """
+    install_log_redaction()  # a worker runs this flow without the CLI's set-up
     params = load_params(params_file, overrides or [])
     params_data = params.to_dict()
     if skip_if_unchanged:

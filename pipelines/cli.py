@@ -36,6 +36,9 @@ _verbose = False
 def _setup(params_file: str, overrides: list[str] | None, verbose: bool) -> Params:
     global _verbose
     _verbose = verbose
+    from pipelines.redact import install_log_redaction
+
+    install_log_redaction()  # every log record from here on, any library, any level: credentials hidden
     params = load_params(params_file, overrides or [])
     state = Path(params.project.state_dir).resolve()
     from pipelines.statedir import ensure_writable_dir
@@ -67,8 +70,10 @@ def _echo(text: str = "") -> None:
 
 
 def _print_summary(stage: str, summary: dict[str, Any]) -> None:
+    from pipelines.redact import redact_settings
+
     shown = {k: v for k, v in summary.items() if k not in ("history",)}
-    _echo(f"{stage}: " + json.dumps(shown, default=str, indent=None)[:2000])
+    _echo(f"{stage}: " + json.dumps(redact_settings(shown), default=str, indent=None)[:2000])
 
 
 def _stage_command(stage: str):
@@ -139,9 +144,10 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
         aliases += f" and '{params.register_.champion_alias}'"
     champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
     _echo(f"  registry  {reg['name']} v{reg['version']} alias {aliases}; {champion}")
+    from pipelines.redact import redact_url
     from pipelines.tracking import tracking_uri
 
-    _echo(f"  tracking  {tracking_uri(params)}")
+    _echo(f"  tracking  {redact_url(tracking_uri(params))}")
     if "dvc" in res:
         _echo(f"  dvc       {res['dvc']}")
 
@@ -201,10 +207,12 @@ add_ops_commands(app)
 
 
 def main() -> None:
+    from pipelines.redact import redact_text
+
     try:
         app(standalone_mode=False)
     except NlpopsError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -219,9 +227,15 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
-        if _verbose:
-            raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details)", err=True)
+        if _verbose:  # the full traceback, credentials hidden
+            import traceback
+
+            typer.echo(redact_text(traceback.format_exc()).rstrip("\n"), err=True)
+            sys.exit(1)
+        typer.echo(
+            f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))} (rerun with --verbose for details)",
+            err=True,
+        )
         sys.exit(1)
 
 

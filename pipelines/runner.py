@@ -18,6 +18,7 @@ from pipelines.config import Params, stable_hash
 from pipelines.errors import DataValidationError, ParityError, StageInputError
 from pipelines.hashing import file_digest, source_digest
 from pipelines.paths import SPLITS, StagePaths
+from pipelines.redact import redact_settings, redact_text
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def record_failed_run(
 
     configure_tracking(params)
     with mlflow.start_run(run_name=f"failed-{stage}") as run:
-        mlflow.set_tags({"nlpops.failed_stage": stage, "nlpops.error": message[:4000]})
+        mlflow.set_tags({"nlpops.failed_stage": stage, "nlpops.error": redact_text(message)[:4000]})
         if report and Path(report).is_file():
             mlflow.log_artifact(report, artifact_path=stage)
         for path in extra or []:
@@ -261,7 +262,7 @@ def _lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
         "train.seed": str(params.train.seed),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
-    return tags
+    return redact_settings(tags)  # these go on the run and on the registered version
 
 
 def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
@@ -280,8 +281,8 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
     configure_tracking(params)
     tags = _lineage_tags(params, paths)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "train") as run:
-        mlflow.log_params(flatten("", params.to_dict()))
-        mlflow.set_tags({**tags, "model.base": str(model_path)})
+        mlflow.log_params(redact_settings(flatten("", params.to_dict())))
+        mlflow.set_tags(redact_settings({**tags, "model.base": str(model_path)}))
         for report in (paths.validation_report, paths.clean_summary, paths.label_map):
             if report.is_file():
                 mlflow.log_artifact(str(report), artifact_path="data")
@@ -523,8 +524,11 @@ def _raise_if_registry_unreachable(params: Params, exc: Exception) -> None:
 
     if not isinstance(exc, NlpopsError) and is_unreachable(exc):
         raise ServiceError(
-            f"registry at {tracking_uri(params)} unreachable during registration ({first_line(exc, 200)}); aliases "
-            "were not moved; rerun `nlpops register` to finish (it reuses this run's version, never a second one)"
+            redact_text(
+                f"registry at {tracking_uri(params)} unreachable during registration ({first_line(exc, 200)}); "
+                "aliases were not moved; rerun `nlpops register` to finish (it reuses this run's version, never a "
+                "second one)"
+            )
         ) from None
 
 

@@ -253,3 +253,12 @@ def test_services_keep_the_postgres_password_off_the_command_line_and_out_of_err
     )
     error = str(_postgres_error(cfg, RuntimeError("connection refused")))
     assert "postgresql://postgres:***@127.0.0.1:5432" in error and SECRET not in error
+
+
+def test_services_up_refuses_a_password_on_the_command_line() -> None:
+    from pipelines.cli_ops import services_up_cmd
+
+    with pytest.raises(ConfigError) as err:
+        services_up_cmd(postgres_url="postgresql://postgres:s3cretPW@db:5432", mlflow_port=None, prefect_port=None)
+    assert "PGPASSWORD" in str(err.value) and "NLPOPS_POSTGRES_URL" in str(err.value)
+    assert "postgresql://postgres:***@db:5432" in str(err.value) and SECRET not in str(err.value)

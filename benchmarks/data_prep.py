@@ -51,8 +51,6 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # what the CLI sets; tokenise turns threads on itself
     from pipelines.config import Params
-    from pipelines.data.clean import clean_data
-    from pipelines.data.validate import validate_data
     from pipelines.pretrained import resolve_model_path
     from pipelines.tasks import get_task
     from pipelines.tokenise import tokenise_splits
@@ -74,10 +72,11 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
 
     timings["imports_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    validate_data(params, work / "artifacts" / "validate" / "report.json")
+    task = get_task(params)
+    task.validate_data(work / "artifacts" / "validate" / "report.json", None)
     timings["validate_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    summary = clean_data(params, work / "artifacts" / "clean")
+    summary = task.clean_data(work / "artifacts" / "clean")
     timings["clean_s"] = time.perf_counter() - started
     started = time.perf_counter()
     tokenise_splits(
@@ -86,7 +85,7 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
         work / "artifacts" / "tokenised",
         work / "state" / "cache",  # a fresh cache: no cache hits
         params.tokenise,
-        get_task(params.task.type),
+        task,
     )
     timings["tokenise_s"] = time.perf_counter() - started
     timings["total_s"] = timings["validate_s"] + timings["clean_s"] + timings["tokenise_s"]

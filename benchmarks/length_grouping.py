@@ -19,7 +19,7 @@ import pandas as pd
 from pipelines.config import ModelConfig, TokeniseConfig, TrainConfig
 from pipelines.pretrained import bundled_model_path
 from pipelines.tasks import get_task
-from pipelines.tasks.text_classification import TextClassification
+from pipelines.tasks.text_classification.task import TextClassification
 from pipelines.tokenise import tokenise_splits
 from pipelines.train import length_grouped_batches, random_batches, read_tokenised_split, train_model
 
@@ -30,6 +30,7 @@ class PadToMaxLength(TextClassification):
     """The classic recipe: every batch padded to max_length."""
 
     def __init__(self, max_length: int) -> None:
+        super().__init__(get_task("text_classification").params)
         self.max_length = max_length
 
     def collate(self, rows: dict[str, list], pad_token_id: int) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def build_lineage(name: str, ref: str, verify: bool = False, root: str | Path = 
     with tempfile.TemporaryDirectory(prefix="nlpops-lineage-") as tmp:
         work = Path(tmp)
         links = [
-            _raw_data(tags, verify, root),
+            *_raw_data_links(tags, verify, root),
             _validation(tags, run, client, verify, work),
             _cleaned(tags, run, client, verify, work, root),
             _tokenised(tags, run, client, verify, work),
@@ -119,9 +119,28 @@ def build_lineage(name: str, ref: str, verify: bool = False, root: str | Path = 
 # ------------------------------------------------------------------------------------------------ the links
 
 
-def _raw_data(tags: dict[str, str], verify: bool, root: Path) -> Link:
-    path, md5 = tags.get("data.path"), tags.get("data.md5")
-    link = Link("raw data", {"path": path, "md5": md5, "dvc_tracked": tags.get("data.dvc_tracked") == "true"})
+def _raw_data_links(tags: dict[str, str], verify: bool, root: Path) -> list[Link]:
+    """One link per raw input file the run read (data, validation and test files); older versions recorded only
+    data.path."""
+    try:
+        files = json.loads(tags["data.files"]) if tags.get("data.files") else None
+    except json.JSONDecodeError:
+        files = None
+    if not files:
+        return [
+            _raw_data(tags.get("data.path"), tags.get("data.md5"), tags.get("data.dvc_tracked") == "true", verify, root)
+        ]
+    links = []
+    for record in files:
+        link = _raw_data(record.get("path"), record.get("md5"), bool(record.get("dvc_tracked")), verify, root)
+        link.step = "raw data" if record.get("role") == "data" else f"raw data ({record.get('role')})"
+        link.facts.update(role=record.get("role"), bytes=record.get("bytes"), rows=record.get("rows"))
+        links.append(link)
+    return links
+
+
+def _raw_data(path: str | None, md5: str | None, dvc_tracked: bool, verify: bool, root: Path) -> Link:
+    link = Link("raw data", {"path": path, "md5": md5, "dvc_tracked": dvc_tracked})
     if not verify:
         return link
     if not path or not md5 or md5 == "None":
@@ -351,8 +370,11 @@ def _history(name: str, version: str, alias_history: Any, aliases: list[str]) ->
 def _fact_line(link: dict[str, Any]) -> str:
     f = link["facts"]
     step = link["step"]
-    if step == "raw data":
-        return f"{f['path']}  md5 {f['md5']}" + ("  (DVC-tracked)" if f.get("dvc_tracked") else "  (not DVC-tracked)")
+    if step.startswith("raw data"):
+        size = f"  {f['bytes']:,} bytes" if f.get("bytes") is not None else ""
+        rows = f"  {f['rows']:,} rows" if f.get("rows") is not None else ""
+        tracked = "  (DVC-tracked)" if f.get("dvc_tracked") else "  (not DVC-tracked)"
+        return f"{f['path']}  md5 {f['md5']}{size}{rows}{tracked}"
     if step == "validation":
         ok = {True: "passed", False: "FAILED"}.get(f.get("success"), "?")
         return f"{ok}, {f.get('checks', '?')} checks  report sha256 {_short(f.get('report_sha256'))}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 from pipelines.redact import refuse_embedded_credentials
@@ -39,6 +39,13 @@ class DataConfig(Section):
         description="Delimited files: does the first row hold column names? 'auto' checks for the mapped columns.",
     )
     column_names: list[str] | None = Field(None, description="Names for a header-less file's columns, in order.")
+
+    @field_validator("header", mode="before")
+    @classmethod
+    def _yaml_booleans_are_words(cls, value: Any) -> Any:
+        # `header: no` in params.yaml is YAML 1.1's False: read it as the word the schema asks for.
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair tasks.")
     label_column: str = "label"
@@ -295,8 +302,39 @@ def _default_task() -> Any:
     return default_task_config()
 
 
-def _parse_value(raw: str) -> Any:
-    # YAML scalars: 3e-5, true, null, [a, b] behave as they would in params.yaml.
+def _field_annotation(keys: list[str]) -> Any:
+    """The schema's type of section.key (None when unknown, e.g. the task union or a typo)."""
+    fields = {name.rstrip("_"): f for name, f in Params.model_fields.items()}
+    field = fields.get(keys[0])
+    for key in keys[1:]:
+        model = getattr(field, "annotation", None) if field is not None else None
+        if not isinstance(model, type) or not hasattr(model, "model_fields"):
+            return None
+        field = model.model_fields.get(key)
+    return getattr(field, "annotation", None) if field is not None else None
+
+
+def _takes_strings_only(annotation: Any) -> bool:
+    """str, a Literal of strings, or either of them | None: YAML's `no`/`on`/`1.0` must stay the string."""
+    import types
+    import typing
+
+    if annotation is str:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_takes_strings_only(a) for a in args)
+    return False
+
+
+def _parse_value(raw: str, keys: list[str] | None = None) -> Any:
+    """YAML scalars (3e-5, true, null, [a, b]) as params.yaml would read them, except where the schema takes only
+    strings: there `no` stays "no" (YAML 1.1 would make it False) and only null/~ mean empty."""
+    if keys and _takes_strings_only(_field_annotation(keys)):
+        return None if raw.strip() in ("null", "~", "") else raw
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -318,7 +356,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section")
             node = child
-        node[keys[-1]] = _parse_value(raw)
+        node[keys[-1]] = _parse_value(raw, keys)
     return data
 
 

@@ -368,6 +368,12 @@ def list_versions(name: str, champion_alias: str = "champion") -> list[dict[str,
             {
                 "version": str(v.version),
                 "aliases": sorted(aliases.get(str(v.version), [])),
+                "task": tags.get("task.type", "text_classification"),
+                "metrics": {
+                    k.removeprefix("metric."): _short(v)
+                    for k, v in sorted(tags.items())
+                    if k.startswith("metric.") and k != "metric.slices"
+                },
                 "accuracy": _short(tags.get("metric.accuracy")),
                 "macro_f1": _short(tags.get("metric.macro_f1")),
                 "gate": {"true": "pass", "false": "fail"}.get(tags.get("gate.passed", ""), "-"),
@@ -379,6 +385,28 @@ def list_versions(name: str, champion_alias: str = "champion") -> list[dict[str,
             }
         )
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def list_models(champion_alias: str = "champion") -> list[dict[str, Any]]:
+    """Every registered model in the store: versions, champion, its task type and metrics, last promotion."""
+    client = _client()
+    rows = []
+    for model in client.search_registered_models(max_results=1000):
+        versions = list_versions(model.name, champion_alias)
+        champion = next((v for v in versions if champion_alias in v["aliases"]), None)
+        promotions = [e for e in alias_history(model.name, champion_alias) if e.get("to") is not None]
+        rows.append(
+            {
+                "name": model.name,
+                "versions": len(versions),
+                "champion": champion["version"] if champion else None,
+                "task": (champion or (versions[0] if versions else {})).get("task", "-"),
+                "metrics": champion["metrics"] if champion else {},
+                "last_promotion": promotions[-1]["at"] if promotions else None,
+                "last_promotion_by": promotions[-1]["by"] if promotions else None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def _short(value: str | None) -> str:

@@ -68,13 +68,30 @@ def models_list(
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
     model: str | None = ModelOpt,
+    all_models: bool = typer.Option(False, "--all", help="Every registered model in the store, one line each."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Registered versions: aliases, key metrics, gate result, registered and promoted when and by whom."""
-    from pipelines.registry import list_versions
+    from pipelines.registry import list_models, list_versions
 
     params = _params(params_file, overrides, verbose, model)
+    if all_models:
+        with _registry(params):
+            models = list_models(params.register_.champion_alias)
+        if as_json:
+            typer.echo(json.dumps(models, indent=2))
+            return
+        if not models:
+            typer.echo("no registered models yet")
+        for m in models:
+            metrics = " ".join(f"{k}={v}" for k, v in m["metrics"].items()) or "-"
+            champion = f"champion v{m['champion']}" if m["champion"] else "no champion"
+            promoted = (
+                f"  last promotion {m['last_promotion']} by {m['last_promotion_by']}" if m["last_promotion"] else ""
+            )
+            typer.echo(f"{m['name']:<28} {m['task']:<22} {m['versions']} versions  {champion}  {metrics}{promoted}")
+        return
     with _registry(params):
         rows = list_versions(params.project.registered_model, params.register_.champion_alias)
     if as_json:
@@ -85,8 +102,9 @@ def models_list(
     for r in rows:
         promoted = f"  promoted {r['promoted']} by {r['promoted_by']}" if r["promoted"] else ""
         typer.echo(
-            f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} acc={r['accuracy']:<8} f1={r['macro_f1']:<8} "
-            f"gate={r['gate']:<5} registered {r['created']} by {r['created_by']}{promoted}  run={r['run_id']}"
+            f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} "
+            + " ".join(f"{k}={v:<8}" for k, v in r["metrics"].items())
+            + f" gate={r['gate']:<5} registered {r['created']} by {r['created_by']}{promoted}  run={r['run_id']}"
         )
 
 

@@ -74,6 +74,31 @@ def log_data_quality(params: Params, paths: StagePaths) -> None:
         mlflow.log_artifact(str(quarantine), artifact_path="data")
 
 
+def raw_file_records(params: Params, clean_summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per raw input file the run read: role, path, md5 (DVC's when tracked), bytes, rows read."""
+    from pipelines.lineage import data_version
+
+    rows_by_path = {str(i.get("path")): i.get("rows_in") for i in clean_summary.get("inputs") or []}
+    records = []
+    roles = (("data", params.data.path), ("validation", params.data.validation_path), ("test", params.data.test_path))
+    for role, path in roles:
+        if not path:
+            continue
+        version = data_version(path)
+        file = Path(path)
+        records.append(
+            {
+                "role": role,
+                "path": str(path),
+                "md5": version.get("md5"),
+                "dvc_tracked": bool(version.get("dvc_tracked")),
+                "bytes": file.stat().st_size if file.is_file() else None,
+                "rows": rows_by_path.get(str(path)),
+            }
+        )
+    return records
+
+
 def lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
     """The facts a registered version is audited against: every raw file's hash, the cleaned and tokenised data,
     the commit, params and code hashes, the seed and the library versions."""
@@ -99,10 +124,6 @@ def lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
         "code.sha256": pipeline_code_digest(params),
         "train.seed": str(params.train.seed),
     }
-    for role, path in zip(("validation", "test"), (params.data.validation_path, params.data.test_path), strict=True):
-        if path:
-            extra = data_version(path)
-            tags[f"data.{role}_path"] = str(path)
-            tags[f"data.{role}_md5"] = str(extra.get("md5"))
+    tags["data.files"] = json.dumps(raw_file_records(params, clean), separators=(",", ":"))[:4900]
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return redact_settings(tags)  # these go on the run and on the registered version

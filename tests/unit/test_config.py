@@ -79,3 +79,17 @@ def test_params_hash_changes_with_any_value() -> None:
     b = Params.model_validate({"data": {"path": "x.csv"}, "train": {"seed": 1}})
     assert a.params_hash() != b.params_hash()
     assert a.section_hash("data") == b.section_hash("data")
+
+
+def test_yaml_boolean_words_stay_strings_where_the_schema_wants_strings(tmp_path: Path) -> None:
+    # Regression: `--set data.header=no` was read as False and refused with a message telling users to set "no".
+    params = load_params(
+        REPO / "params.yaml", ["data.header=no", "project.experiment=on", "data.encoding_fallback=null"]
+    )
+    assert params.data.header == "no" and params.project.experiment == "on" and params.data.encoding_fallback is None
+    yaml_file = tmp_path / "params.yaml"
+    yaml_file.write_text("data:\n  path: x.csv\n  header: no\n")
+    assert load_params(yaml_file).data.header == "no"
+    assert (
+        load_params(REPO / "params.yaml", ["train.epochs=2", "clean.drop_duplicates=no"]).clean.drop_duplicates is False
+    )

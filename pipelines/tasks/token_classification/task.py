@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipelines.tasks.base import ExportSpec, Predictions, Task
-from pipelines.tasks.token_classification import SPEC
+from pipelines.tasks.token_classification import SPEC, Options
 from pipelines.tasks.token_classification.iob import OUTSIDE, continuation_tag
 from pipelines.tasks.token_classification.metrics import score_tags
 from pipelines.tasks.token_classification.windows import IGNORE, align_labels, encode_windows, merge_windows, pad_batch
@@ -54,6 +54,7 @@ class TokenClassification(Task):
     """One tag per word; long sentences split into overlapping windows, never truncated."""
 
     spec: ClassVar[TaskSpec] = SPEC
+    options: Options  # params.task, narrowed to this task's section
 
     # ------------------------------------------------------------------ data
 

@@ -97,9 +97,8 @@ def _first_detail(check: str, row: int, frame: pd.DataFrame, params: Any, tag_se
         allowed = f"data.labels {list(params.data.labels)}" if params.data.labels else f"the tags of {main}"
         return f"{location(frame, row, i)}: tag {tags[i]!r} (word {words[i]!r}) is not in {allowed}"
     if check == "no_empty_sentences":
-        blank = next((k for k, w in enumerate(words) if not str(w).strip()), None)
-        what = "an empty sentence" if not words else f"a blank word (word {blank + 1})"
-        return f"{location(frame, row)}: {what}"
+        blank = next((k for k, w in enumerate(words) if not str(w).strip()), 0)
+        return f"{location(frame, row, blank)}: " + ("an empty sentence" if not words else "a blank word")
     if check == "sentence_length":
         upper = options.max_tokens if options.max_tokens is not None else "any"
         return (

@@ -184,6 +184,25 @@ def test_validate_tags_outside_declared_set_and_length_bounds(tmp_path: Path) ->
         get_task(params).validate_data(tmp_path / "report.json", None)
 
 
+def test_validate_empty_sentence_in_jsonl(tmp_path: Path) -> None:
+    from pipelines.tasks.catalog import get_task
+
+    rows = [{"tokens": ["Paris"], "tags": ["B-LOC"]}, {"tokens": [], "tags": []}, {"tokens": ["x"], "tags": ["O"]}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"t.jsonl: line 2: an empty sentence \[no_empty_sentences"):
+        get_task(make_params(tmp_path, path)).validate_data(tmp_path / "report.json", None)
+
+
+def test_clean_refuses_too_many_quarantined_sentences(tmp_path: Path) -> None:
+    from pipelines.tasks.catalog import get_task
+
+    path = _write_conll(tmp_path / "t.conll", [[("a", "O"), ("b", "I-PER")]] * 3 + [[("c", "O")]] * 5)
+    with pytest.raises(DataValidationError, match=r"t.conll: 3 of 8 sentences \(37.5%\) quarantined.*iob_violation"):
+        get_task(make_params(tmp_path, path)).clean_data(tmp_path / "clean")
+    assert not (tmp_path / "clean" / "train.parquet").exists()
+
+
 def test_clean_repairs_dedups_splits_and_writes_label_map(tmp_path: Path) -> None:
     from pipelines.tasks.catalog import get_task
     from pipelines.tasks.token_classification.clean import SPLITS

@@ -98,7 +98,9 @@ def _first_detail(check: str, row: int, frame: pd.DataFrame, params: Any, tag_se
         return f"{location(frame, row, i)}: tag {tags[i]!r} (word {words[i]!r}) is not in {allowed}"
     if check == "no_empty_sentences":
         blank = next((k for k, w in enumerate(words) if not str(w).strip()), 0)
-        return f"{location(frame, row, blank)}: " + ("an empty sentence" if not words else "a blank word")
+        if not words:
+            return f"{location(frame, row)}: an empty sentence"
+        return f"{location(frame, row, blank)}: a blank word"
     if check == "sentence_length":
         upper = options.max_tokens if options.max_tokens is not None else "any"
         return (

@@ -1,4 +1,4 @@
-"""The Prefect flow: orders the stage tasks; each task only calls pipelines.runner.
+"""The Prefect flow: orders the stage tasks of the stage table (pipelines/dag.py); each task only runs its stage.
 
 Caching: a task's cache key is its stage fingerprint (params sections + input contents + code, the same facts
 dvc.yaml lists). A cached result is only used when the outputs on disk were produced under that same key (a
@@ -17,16 +17,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
+from pipelines.dag import STAGE_ORDER, stage_fingerprint, stage_outputs_exist
+from pipelines.dag import run_stage as run_stage_of_table
 from pipelines.errors import NlpopsError, ServiceError
-from pipelines.runner import STAGE_RUNNERS, stage_fingerprint, stage_outputs_exist
+from pipelines.paths import StagePaths
 
-STAGE_ORDER = ("validate", "clean", "tokenise", "train", "evaluate", "export", "register")
 # Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
 RETRIES = {"register": 3, "evaluate": 2}
 
 
 def _stamp_path(params: Params, stage: str) -> Path:
-    return Path(params.project.state_dir) / "stamps" / f"{stage}.json"
+    """Per experiment (artifacts dir): running another experiment never evicts this one's cache."""
+    return StagePaths.from_params(params).stamps_dir / f"{stage}.json"
 
 
 def _cache_key(stage: str):
@@ -55,7 +57,7 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
 def _make_stage_task(stage: str):
     def run_stage(params_data: dict[str, Any], fingerprint: str) -> dict[str, Any]:
         params = Params.model_validate(params_data)
-        summary = STAGE_RUNNERS[stage](params)
+        summary = run_stage_of_table(params, stage)
         stamp = _stamp_path(params, stage)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"fingerprint": fingerprint}))

@@ -33,14 +33,14 @@ class ChangeReport:
 
 def current_lineage(params: Params) -> dict[str, str | None]:
     """The lineage facts a new model would be tagged with, computed without running any stage."""
+    from pipelines.dag import pipeline_code_digest
     from pipelines.lineage import data_version, git_state
-    from pipelines.runner import pipeline_code_digest
 
     return {
         "data.path": str(params.data.path),
         "data.md5": data_version(params.data.path).get("md5"),
         "params.hash": params.params_hash(),
-        "code.sha256": pipeline_code_digest(),
+        "code.sha256": pipeline_code_digest(params),
         "git.commit": git_state()["commit"],
     }
 

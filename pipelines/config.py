@@ -6,21 +6,17 @@ Every hyper-parameter lives in params.yaml; this module validates it (unknown ke
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.schema import Section, stable_hash
+from pipelines.tasks.catalog import TaskConfig, all_formats, task_metric_names, task_names, task_spec
 
 DEFAULT_PARAMS_FILE = "params.yaml"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ProjectConfig(Section):
@@ -34,7 +30,9 @@ class DataConfig(Section):
     path: str = Field(..., description="Raw data file (csv, tsv, jsonl, parquet); split into train/validation/test.")
     validation_path: str | None = Field(None, description="Optional user-provided validation split.")
     test_path: str | None = Field(None, description="Optional user-provided test split.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    format: str = Field(
+        "auto", description="auto (from the suffix) or a format the task reads: csv, tsv, jsonl, parquet, conll, ..."
+    )
     header: Literal["auto", "yes", "no"] = Field(
         "auto",
         description="Delimited files: does the first row hold column names? 'auto' checks for the mapped columns.",
@@ -54,6 +52,21 @@ class DataConfig(Section):
         None, description="Raw column with user-defined slices; read and cleaned files carry it as column 'slice'."
     )
 
+    tokens_column: str = Field("tokens", description="Token classification, JSONL/Parquet: the list of words.")
+    tags_column: str = Field("tags", description="Token classification, JSONL/Parquet: the list of tags.")
+    tag_column: int | str = Field(
+        -1,
+        description="Token classification, CoNLL: which column after the token holds the tags (index, -1 = last; "
+        "or a name from data.column_names, e.g. ner for CoNLL-2003's 'token pos chunk ner').",
+    )
+
+    @model_validator(mode="after")
+    def _format_known(self) -> DataConfig:
+        if self.format != "auto" and self.format not in all_formats():
+            allowed = ", ".join(repr(f) for f in ("auto", *all_formats()))
+            raise ValueError(f"data.format={self.format!r} is not allowed (allowed: {allowed})")
+        return self
+
     @model_validator(mode="after")
     def _columns_distinct(self) -> DataConfig:
         cols = [c for c in (self.text_column, self.text_pair_column, self.label_column, self.slice_column) if c]
@@ -62,11 +75,8 @@ class DataConfig(Section):
         return self
 
 
-class TaskConfig(Section):
-    type: Literal["text_classification"] = Field(
-        "text_classification",
-        description="Task plug-in; pair classification is text_classification + text_pair_column.",
-    )
+# The `task` section (TaskConfig): one typed model per task type, chosen by `task.type` (a discriminated union).
+# The models live with their task modules; pipelines/tasks/catalog.py is the one table that lists them.
 
 
 class ValidateConfig(Section):
@@ -135,7 +145,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     seed: int = 42
-    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = "macro_f1"
+    early_stopping_metric: str | None = Field(
+        None,
+        description="Validation metric for early stopping and the best epoch: empty = the task's primary "
+        "metric; 'loss' = validation loss; or any metric the task reports.",
+    )
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without improvement before stopping; 0 = off.")
     length_grouping: bool = Field(True, description="Group batches by length (less padding, faster).")
     mega_batch_factor: int = Field(50, ge=1, description="Batches per sorted mega-batch when grouping by length.")
@@ -154,7 +168,7 @@ class TrainConfig(Section):
 
 
 class GateConfig(Section):
-    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    metric: str | None = Field(None, description="Test metric the gate compares; empty = the task's primary metric.")
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor on the test metric.")
     min_improvement: float = Field(0.0, description="Required gain over the champion on the same test split.")
     max_slice_drop: float | None = Field(
@@ -198,7 +212,7 @@ class RegisterConfig(Section):
 class Params(Section):
     project: ProjectConfig = ProjectConfig()
     data: DataConfig
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = Field(default_factory=lambda: _default_task())
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     clean: CleanConfig = CleanConfig()
     tokenise: TokeniseConfig = TokeniseConfig()
@@ -209,6 +223,42 @@ class Params(Section):
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _format_read_by_task(self) -> Params:
+        formats = task_spec(self.task.type).formats
+        if self.data.format != "auto" and self.data.format not in formats:
+            allowed = ", ".join(repr(f) for f in ("auto", *formats))
+            raise ValueError(
+                f"data.format={self.data.format!r} is not read by task {self.task.type} (allowed: {allowed})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_known_to_task(self) -> Params:
+        allowed = task_metric_names(self.task.type)
+        quoted = ", ".join(repr(m) for m in allowed)
+        if self.gate.metric is not None and self.gate.metric not in allowed:
+            raise ValueError(
+                f"gate.metric={self.gate.metric!r} is not allowed for task {self.task.type} (allowed: {quoted})"
+            )
+        stop = self.train.early_stopping_metric
+        if stop is not None and stop != "loss" and stop not in allowed:
+            raise ValueError(
+                f"train.early_stopping_metric={stop!r} is not allowed for task {self.task.type} "
+                f"(allowed: {quoted}, 'loss')"
+            )
+        return self
+
+    @property
+    def gate_metric(self) -> str:
+        """The metric the gate compares: gate.metric, or the task's primary metric."""
+        return self.gate.metric or task_metric_names(self.task.type)[0]
+
+    @property
+    def stopping_metric(self) -> str:
+        """The validation metric that picks the best epoch: train.early_stopping_metric, or the primary metric."""
+        return self.train.early_stopping_metric or task_metric_names(self.task.type)[0]
 
     def section(self, name: str) -> dict[str, Any]:
         """One params section as plain data (what a stage depends on)."""
@@ -224,9 +274,10 @@ class Params(Section):
         return stable_hash(self.to_dict())
 
 
-def stable_hash(obj: Any) -> str:
-    """sha256 of canonical JSON: the same data always gives the same hash."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _default_task() -> Any:
+    from pipelines.tasks.catalog import default_task_config
+
+    return default_task_config()
 
 
 def _parse_value(raw: str) -> Any:
@@ -257,13 +308,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _describe(err: dict[str, Any], params_file: str) -> str:
-    loc = ".".join(str(p).rstrip("_") for p in err["loc"])
     kind = err["type"]
+    parts = [str(p).rstrip("_") for p in err["loc"]]
+    if parts[:1] == ["task"] and len(parts) > 2 and parts[1] in task_names():
+        del parts[1]  # pydantic names the union member (task.token_classification.x): users wrote task.x
+    loc = ".".join(parts)
+    if kind == "union_tag_invalid":
+        allowed = ", ".join(repr(n) for n in task_names())
+        return f"{params_file}: {loc}.type={err['ctx'].get('tag')!r} is not allowed (allowed: {allowed})"
+    if kind == "value_error":
+        return f"{params_file}: " + str(err["msg"]).removeprefix("Value error, ")
     if kind == "extra_forbidden":
         section = loc.rsplit(".", 1)[0] if "." in loc else None
         allowed = ""
         fields = {name.rstrip("_"): f for name, f in Params.model_fields.items()}
-        if section in fields:
+        if section == "task":
+            allowed = ""
+        elif section in fields:
             allowed = ", ".join(fields[section].annotation.model_fields)  # type: ignore[union-attr]
         elif section is None:
             allowed = ", ".join(fields)

@@ -8,12 +8,9 @@ the champion as it is at that moment plus the ONNX parity and latency that `expo
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipelines.config import GateConfig, stable_hash
 
@@ -75,64 +72,9 @@ class GateDecision:
         return text
 
 
-# ------------------------------------------------------------------------------------------------ slices
-
-
-def slice_membership(
-    labels: Any,
-    id2label: dict[int, str],
-    lengths: Any | None,
-    long_threshold: int,
-    groups: Sequence[Any] | None = None,
-    group_column: str | None = None,
-) -> dict[str, list[int]]:
-    """Row indices of every slice: `class=<label>`, `length=short|long`, `<group_column>=<value>`."""
-    label_ids = np.asarray(labels, dtype=np.int64)
-    members: dict[str, list[int]] = {}
-    for i, name in sorted(id2label.items()):
-        members[f"class={name}"] = np.flatnonzero(label_ids == i).tolist()
-    if lengths is not None:
-        sizes = np.asarray(lengths)
-        members["length=short"] = np.flatnonzero(sizes <= long_threshold).tolist()
-        members["length=long"] = np.flatnonzero(sizes > long_threshold).tolist()
-    if groups is not None and group_column:
-        values = ["" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g) for g in groups]
-        for value in sorted(set(values)):
-            members[f"{group_column}={value or '(empty)'}"] = [i for i, v in enumerate(values) if v == value]
-    return members
-
-
-def membership_digest(members: dict[str, list[int]]) -> str:
+def membership_digest(members: Any) -> str:
     """Same digest = same rows in every slice: recorded slice metrics of two models are then comparable."""
     return stable_hash(members)
-
-
-def score_slices(
-    predictions: Any,
-    labels: Any,
-    members: dict[str, list[int]],
-    id2label: dict[int, str],
-    metric: str,
-) -> dict[str, dict[str, Any]]:
-    """{slice: {value, rows, metric}}: a class slice scores that class's F1 (over the whole split, so false
-    positives count); any other slice scores the gate metric on its rows."""
-    from pipelines.tasks.text_classification import classification_metrics
-
-    predicted = np.asarray(predictions, dtype=np.int64)
-    truth = np.asarray(labels, dtype=np.int64)
-    overall = classification_metrics(predicted, truth, id2label)
-    out: dict[str, dict[str, Any]] = {}
-    for name, idx in members.items():
-        if name.startswith("class="):
-            label = name.removeprefix("class=")
-            stats = overall["per_class"][label]
-            out[name] = {"value": float(stats["f1"]), "rows": int(stats["support"]), "metric": "f1"}
-        elif idx:
-            sub = classification_metrics(predicted[idx], truth[idx], id2label)
-            out[name] = {"value": float(sub[metric]), "rows": len(idx), "metric": metric}
-        else:
-            out[name] = {"value": None, "rows": 0, "metric": metric}
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ the gate
@@ -182,6 +124,7 @@ def decide_gate(
     champion_version: str | None = None,
     parity: dict[str, Any] | None = None,
     latency_p95_ms: float | None = None,
+    metric: str | None = None,
 ) -> GateDecision:
     """Challenger metrics + thresholds + champion metrics (same test split) → pass/fail with reasons.
 
@@ -190,7 +133,9 @@ def decide_gate(
     latency at batch 1 under `max_latency_ms`. No champion → absolute checks only. `parity=None` means export has
     not run yet: parity and latency are then listed as pending instead of checked.
     """
-    name = cfg.metric
+    name = metric or cfg.metric
+    if name is None:
+        raise ValueError("decide_gate needs the metric (gate.metric or the task's primary metric)")
     value = float(metrics[name])
     checks = [
         GateCheck(
@@ -270,47 +215,10 @@ def _num(value: Any) -> str:
         return "?"
 
 
-def plot_confusion_matrix(confusion: list[list[int]], labels: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(confusion)
-    size = max(4.5, 0.6 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    ax.set_title("Confusion matrix (test split)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_evaluation(
-    scores: dict[str, Any], predictions: np.ndarray, labels: np.ndarray, out_dir: Path
-) -> dict[str, str]:
-    """metrics.json (scalars, for `dvc metrics`), per_class.json, confusion.csv (for `dvc plots`), PNG."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = scores["labels"]
-    scalar = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "test_rows": scores["rows"]}
-    paths = {
-        "metrics": out_dir / "metrics.json",
-        "per_class": out_dir / "per_class.json",
-        "confusion_csv": out_dir / "confusion.csv",
-        "confusion_png": out_dir / "confusion_matrix.png",
-    }
-    paths["metrics"].write_text(json.dumps(scalar, indent=2))
-    paths["per_class"].write_text(
-        json.dumps({"per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"]}, indent=2)
-    )
-    rows = ["actual,predicted"] + [f"{names[a]},{names[p]}" for a, p in zip(labels, predictions, strict=True)]
-    paths["confusion_csv"].write_text("\n".join(rows) + "\n")
-    plot_confusion_matrix(scores["confusion_matrix"], names, paths["confusion_png"])
-    return {k: str(v) for k, v in paths.items()}
+def write_metrics(scores: dict[str, Any], metric_names: tuple[str, ...], path: Path) -> dict[str, float]:
+    """metrics.json: the task's scalar test metrics and the row count (what `dvc metrics` and `dvc exp show` read)."""
+    scalar = {name: float(scores[name]) for name in metric_names if name in scores}
+    scalar["test_rows"] = int(scores.get("rows", 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scalar, indent=2))
+    return scalar

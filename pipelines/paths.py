@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import Params
+from pipelines.schema import stable_hash
 
 SPLITS = ("train", "validation", "test")
 
@@ -27,6 +28,27 @@ class StagePaths:
     @property
     def validation_report(self) -> Path:
         return self.validate_dir / "report.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.validate_dir / "data_docs"
+
+    # per-experiment state: two experiments of one project (other artifacts dirs) never share stamps/checkpoints
+    @property
+    def experiment_key(self) -> str:
+        return stable_hash(str(self.root.resolve()))[:16]
+
+    @property
+    def experiment_state(self) -> Path:
+        return self.state / "experiments" / self.experiment_key
+
+    @property
+    def stamps_dir(self) -> Path:
+        return self.experiment_state / "stamps"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.experiment_state / "checkpoints" / "train"
 
     # clean
     @property
@@ -80,16 +102,13 @@ class StagePaths:
         return self.evaluate_dir / "metrics.json"
 
     @property
-    def per_class(self) -> Path:
-        return self.evaluate_dir / "per_class.json"
+    def slices(self) -> Path:
+        return self.evaluate_dir / "slices.json"
 
     @property
-    def confusion_csv(self) -> Path:
-        return self.evaluate_dir / "confusion.csv"
-
-    @property
-    def confusion_png(self) -> Path:
-        return self.evaluate_dir / "confusion_matrix.png"
+    def evaluation_views(self) -> Path:
+        """The task's own evaluation tables and plots (confusion matrix, per entity type, ...)."""
+        return self.evaluate_dir / "views"
 
     @property
     def gate(self) -> Path:

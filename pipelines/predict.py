@@ -10,20 +10,19 @@ from pipelines.config import Params
 from pipelines.errors import RegistryError
 
 
-def split_pairs(lines: list[str]) -> tuple[list[str], list[str] | None]:
-    """Lines 'a<TAB>b' are (text, text_pair); plain lines are single texts."""
+def split_pairs(lines: list[str]) -> list[Any]:
+    """Input items from lines: 'a<TAB>b' lines are (text, text_pair) pairs when every line has a TAB."""
     if lines and all("\t" in line for line in lines):
-        first, second = zip(*(line.split("\t", 1) for line in lines), strict=True)
-        return list(first), list(second)
-    return lines, None
+        return [tuple(line.split("\t", 1)) for line in lines]
+    return list(lines)
 
 
-def load_registered_classifier(params: Params, alias: str = "champion", version: str | None = None) -> tuple[Any, str]:
-    """(OnnxTextClassifier, 'name vN') for the given version or alias; a clear error when there is none."""
+def load_registered_runtime(params: Params, alias: str = "champion", version: str | None = None) -> tuple[Any, str]:
+    """(the version's task runtime, 'name vN') for the given version or alias; a clear error when there is none."""
     import mlflow
 
     from pipelines.registry import alias_version
-    from pipelines.serving import OnnxTextClassifier
+    from pipelines.serving import load_runtime
     from pipelines.tracking import configure_tracking
 
     configure_tracking(params)
@@ -44,4 +43,4 @@ def load_registered_classifier(params: Params, alias: str = "champion", version:
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(export, target)
-    return OnnxTextClassifier.from_dir(target), f"{name} v{version}"
+    return load_runtime(target), f"{name} v{version}"

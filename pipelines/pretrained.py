@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import ModelConfig
 from pipelines.errors import ModelLoadError
@@ -59,3 +60,51 @@ def load_tokenizer(path: Path):
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{path}: a fast tokenizer (tokenizer.json) is required for batched tokenisation")
     return tokenizer
+
+
+# Attribute names architectures use for dropout; whichever the config has is set from model.dropout.
+_DROPOUT_ATTRS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+)
+
+
+def load_pretrained_model(model_path: Path, task: Any, id2label: dict[int, str], cfg: ModelConfig) -> Any:
+    """Pre-trained encoder + the task's new head (sized and labelled by the task); local files only."""
+    from transformers import AutoConfig
+
+    quiet_transformers()  # the "newly initialized head" notice is expected, not news
+    try:
+        config = AutoConfig.from_pretrained(model_path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path}: cannot read config.json ({exc})") from None
+    task.configure_model(config, id2label)
+    for attr in _DROPOUT_ATTRS:
+        if hasattr(config, attr):
+            setattr(config, attr, cfg.dropout)
+    try:
+        return task.auto_class().from_pretrained(
+            model_path,
+            config=config,
+            local_files_only=True,
+            trust_remote_code=False,
+            ignore_mismatched_sizes=True,  # a folder with a head for other labels still loads its encoder
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path}: cannot load weights ({type(exc).__name__}: {exc})") from None
+
+
+def load_trained_model(model_dir: Path, task: Any) -> Any:
+    """A fine-tuned checkpoint written by the train stage, in eval mode."""
+    quiet_transformers()
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir}: no config.json, not a trained model folder")
+    try:
+        model = task.auto_class().from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load the trained checkpoint ({type(exc).__name__}: {exc})") from None
+    return model.eval()

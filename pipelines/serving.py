@@ -1,4 +1,4 @@
-"""Serve an exported ONNX classifier: plain Python (`OnnxTextClassifier`) and as an MLflow pyfunc model.
+"""Serve an exported ONNX model: the task runtimes' base (`OnnxRuntimeModel`) and the MLflow pyfunc for all tasks.
 
 This file must load in a bare serving environment (numpy, onnxruntime, transformers' tokenizer, pandas, mlflow):
 no torch and no other nlpops module. MLflow logs it as "model from code" (no pickle): MLflow executes this file,
@@ -34,7 +34,7 @@ OUTPUT_NAME = "logits"
 SERVING_REQUIREMENTS = ("onnxruntime", "transformers", "tokenizers", "numpy", "pandas")
 
 # Also OnnxTextClassifierModel, defined on first access (module __getattr__ below) to keep this import cheap.
-__all__ = ["ModelLoadError", "OnnxTextClassifier", "encode", "log_onnx_pyfunc", "ort_session"]
+__all__ = ["ModelLoadError", "OnnxRuntimeModel", "encode", "load_runtime", "log_onnx_pyfunc", "ort_session"]
 
 
 @contextmanager
@@ -100,26 +100,32 @@ def check_export_dir(path: str | Path) -> Path:
     return path
 
 
-class OnnxTextClassifier:
-    """ONNX Runtime + the training tokenizer; predicts labels and softmax scores."""
+class OnnxRuntimeModel:
+    """Base of every task's torch-free runtime: ONNX Runtime + the training tokenizer + serving.json.
 
-    def __init__(self, session: Any, tokenizer: Any, serving: dict[str, Any]) -> None:
+    A task's runtime (named in its TaskSpec.runtime) implements `predict` (a list of the task's input items -> a
+    list of result dicts), `items_from_frame` (a DataFrame / list / str as the pyfunc receives it -> items) and
+    may override `output_frame` (results -> DataFrame) and require more serving.json keys (`required_keys`).
+    """
+
+    task: str = ""
+    required_keys: tuple[str, ...] = ("max_length", "input_names")
+
+    def __init__(self, session: Any, tokenizer: Any, serving: dict[str, Any], path: Path | None = None) -> None:
         self.session = session
         self.tokenizer = tokenizer
+        self.serving = serving
+        self.path = path
         self.max_length = int(serving["max_length"])
-        self.pair = bool(serving["pair"])
         self.input_names = list(serving["input_names"])
-        self.id2label = {int(i): str(name) for i, name in serving["id2label"].items()}
+        self.output_names = list(serving.get("output_names", [OUTPUT_NAME]))
         self.opset = serving.get("opset")
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> OnnxTextClassifier:
+    def from_dir(cls, path: str | Path) -> Any:
         path = check_export_dir(path)
-        try:
-            serving = json.loads((path / SERVING_FILE).read_text(encoding="utf-8"))
-            missing = [k for k in ("max_length", "pair", "input_names", "id2label") if k not in serving]
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path / SERVING_FILE}: unreadable ({exc})") from None
+        serving = read_serving_json(path)
+        missing = [k for k in cls.required_keys if k not in serving]
         if missing:
             raise ModelLoadError(f"{path / SERVING_FILE}: missing keys {missing}")
         try:
@@ -142,74 +148,57 @@ class OnnxTextClassifier:
             raise ModelLoadError(
                 f"{path}: serving.json input_names {serving['input_names']} do not match the graph's {graph_inputs}"
             )
-        return cls(session, tokenizer, serving)
+        return cls(session, tokenizer, serving, path)
 
-    def predict_logits(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32):
-        """Raw logits, float32 [rows, labels]."""
-        import numpy as np
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        """One ONNX Runtime call; outputs in serving.json's output_names order."""
+        return self.session.run(self.output_names, feeds)
 
-        texts = [str(t) for t in texts]
-        if self.pair:
-            if text_pairs is None:
-                raise ValueError("this is a sentence-pair model: text_pairs is required")
-            text_pairs = [str(t) for t in text_pairs]
-            if len(text_pairs) != len(texts):
-                raise ValueError(f"texts and text_pairs differ in length ({len(texts)} vs {len(text_pairs)})")
-        elif text_pairs is not None:
-            raise ValueError("this is a single-sentence model: text_pairs must be None")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            stop = start + batch_size
-            feeds = encode(
-                self.tokenizer,
-                texts[start:stop],
-                text_pairs[start:stop] if text_pairs is not None else None,
-                self.max_length,
-                self.input_names,
-            )
-            chunks.append(self.session.run([OUTPUT_NAME], feeds)[0])
-        if not chunks:
-            return np.zeros((0, len(self.id2label)), dtype=np.float32)
-        return np.concatenate(chunks, axis=0)
+    def predict(self, items: list[Any], batch_size: int = 32) -> list[dict[str, Any]]:  # pragma: no cover
+        raise NotImplementedError
 
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32) -> list[dict]:
-        """[{"label": name, "score": probability of that label, "scores": {label: probability}}] per row."""
-        probs = softmax(self.predict_logits(texts, text_pairs, batch_size).astype("float64"))
-        names = [self.id2label[i] for i in range(probs.shape[1])]
-        out = []
-        for row in probs:
-            best = int(row.argmax())
-            out.append(
-                {
-                    "label": names[best],
-                    "score": float(row[best]),
-                    "scores": {name: float(p) for name, p in zip(names, row, strict=True)},
-                }
-            )
-        return out
+    def items_from_frame(self, model_input: Any) -> list[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def output_frame(self, results: list[dict[str, Any]]) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(results)
+
+    def format_result(self, result: dict[str, Any]) -> str:
+        """One line for `nlpops predict` without --json."""
+        return json.dumps(result, default=str)
 
 
-def _frame_columns(model_input: Any) -> tuple[list[str], list[str] | None]:
-    import pandas as pd
+def read_serving_json(path: Path) -> dict[str, Any]:
+    try:
+        serving = json.loads((Path(path) / SERVING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{Path(path) / SERVING_FILE}: unreadable ({exc})") from None
+    if not isinstance(serving, dict):
+        raise ModelLoadError(f"{Path(path) / SERVING_FILE}: expected a JSON object")
+    return serving
 
-    if isinstance(model_input, pd.DataFrame):
-        if "text" not in model_input.columns:
-            raise ValueError(f"input needs a 'text' column (got {list(model_input.columns)})")
-        pairs = model_input["text_pair"].tolist() if "text_pair" in model_input.columns else None
-        return model_input["text"].tolist(), pairs
-    if isinstance(model_input, pd.Series):
-        return model_input.tolist(), None
-    if isinstance(model_input, str):
-        return [model_input], None
-    if isinstance(model_input, dict):
-        return _frame_columns(pd.DataFrame(model_input))
-    if isinstance(model_input, list | tuple):
-        if model_input and isinstance(model_input[0], dict):
-            return _frame_columns(pd.DataFrame(list(model_input)))
-        return list(model_input), None
-    raise ValueError(f"unsupported input type {type(model_input).__name__}: pass a DataFrame with a 'text' column")
+
+def runtime_class(task: str) -> type:
+    """The runtime class of a task type (TaskSpec.runtime, "module:Class")."""
+    import importlib
+
+    from pipelines.tasks.catalog import task_spec
+
+    module, _, name = task_spec(task).runtime.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_runtime(path: str | Path) -> Any:
+    """The runtime for an export folder, chosen by its serving.json `task` (older exports: text_classification)."""
+    path = check_export_dir(path)
+    task = str(read_serving_json(path).get("task", "text_classification"))
+    try:
+        cls = runtime_class(task)
+    except Exception as exc:
+        raise ModelLoadError(f"{path / SERVING_FILE}: unknown task {task!r} ({exc})") from None
+    return cls.from_dir(path)
 
 
 _PYFUNC_CLASS: type | None = None
@@ -224,23 +213,16 @@ def _pyfunc_class() -> type:
     from mlflow.pyfunc import PythonModel
 
     class OnnxTextClassifierModel(PythonModel):
-        """MLflow pyfunc: DataFrame (text[, text_pair]) or list of texts -> DataFrame (label, score)."""
+        """MLflow pyfunc for every task type: the task's runtime (chosen by serving.json) on the export folder.
+        Input: a DataFrame in the task's input shape (or a list of items); output: the runtime's result frame."""
 
         def load_context(self, context) -> None:
-            self.classifier = OnnxTextClassifier.from_dir(context.artifacts["export_dir"])
+            self.runtime = load_runtime(context.artifacts["export_dir"])
 
         def predict(self, context, model_input, params=None):
-            texts, pairs = _frame_columns(model_input)
-            if pairs is not None and not self.classifier.pair:
-                pairs = None  # an optional column the single-sentence model does not use
             batch_size = int((params or {}).get("batch_size", 32))
-            rows = self.classifier.predict(texts, pairs, batch_size=batch_size)
-            return pd.DataFrame(
-                {
-                    "label": pd.Series([r["label"] for r in rows], dtype=object),
-                    "score": pd.Series([r["score"] for r in rows], dtype="float64"),
-                }
-            )
+            items = self.runtime.items_from_frame(model_input)
+            return self.runtime.output_frame(self.runtime.predict(items, batch_size=batch_size))
 
         # A real (not string) hint, set before the class exists: MLflow inspects it when the class is created and
         # otherwise warns "Add type hints". DataFrame hints switch off MLflow's hint-based checks; the explicit
@@ -259,14 +241,10 @@ def __getattr__(name: str) -> Any:  # PEP 562: `from pipelines.serving import On
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def serving_signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair", required=False)]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
-    )
+def serving_signature(export_dir: Path):
+    """The runtime's own MLflow signature (its `signature()` classmethod), or none."""
+    cls = runtime_class(str(read_serving_json(export_dir).get("task", "text_classification")))
+    return cls.signature() if hasattr(cls, "signature") else None
 
 
 def serving_requirements() -> list[str]:
@@ -288,14 +266,16 @@ def log_onnx_pyfunc(export_dir: Path, name: str = "model") -> ModelInfo:
             name=name,
             python_model=str(Path(__file__).resolve()),  # model from code: this file, no pickle
             artifacts={"export_dir": str(export_dir.resolve())},
-            signature=serving_signature(),
+            signature=serving_signature(export_dir),
             pip_requirements=serving_requirements(),
+            # the task runtimes live in the nlpops package: ship it, so a bare serving env can load the model
+            code_paths=[str(Path(__file__).resolve().parent)],
         )
 
 
 # MLflow "model from code": when MLflow executes this file (at log and at load time) mlflow is already imported,
 # and it expects the file to register its model. A plain import of pipelines.serving without mlflow skips this.
-if "mlflow" in sys.modules:
+if "mlflow" in sys.modules and __name__ != "pipelines.serving":  # MLflow's own load of this file, not an import
     from mlflow.models import set_model
 
     set_model(_pyfunc_class()())

@@ -17,12 +17,12 @@ from typing import Any
 from pipelines.config import TokeniseConfig, stable_hash
 from pipelines.hashing import file_digest, source_digest, tree_digest
 from pipelines.paths import SPLITS
-from pipelines.tasks.base import TaskPlugin
+from pipelines.tasks.base import Task
 
 MANIFEST = "manifest.json"
 
 
-def tokenise_cache_key(clean_dir: Path, tokenizer_dir: Path, cfg: TokeniseConfig, task: TaskPlugin) -> str:
+def tokenise_cache_key(clean_dir: Path, tokenizer_dir: Path, cfg: TokeniseConfig, task: Task) -> str:
     tokenizer_files = [
         p for p in sorted(tokenizer_dir.iterdir()) if p.is_file() and ("token" in p.name or p.name.startswith("vocab"))
     ]
@@ -31,57 +31,19 @@ def tokenise_cache_key(clean_dir: Path, tokenizer_dir: Path, cfg: TokeniseConfig
             "splits": {s: file_digest(clean_dir / f"{s}.parquet") for s in SPLITS},
             "tokenizer": {p.name: file_digest(p) for p in tokenizer_files},
             "max_length": cfg.max_length,
-            "task": task.name,
-            "code": source_digest("pipelines.tokenise", type(task).__module__),
+            "task": task.options.model_dump(mode="json"),
+            "code": source_digest("pipelines.tokenise", *task.spec.modules),
         }
     )
 
 
-def _write_split(columns: dict[str, list], path: Path) -> None:
+def _write_split(columns: dict[str, list], path: Path, types: dict[str, Any]) -> None:
+    """Feature columns with the task's Arrow types (lists of ids, offsets, labels); other columns int64."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrays = {}
-    for name, values in columns.items():
-        if name in ("input_ids", "token_type_ids"):
-            arrays[name] = pa.array(values, type=pa.list_(pa.int32()))
-        else:
-            arrays[name] = pa.array(values, type=pa.int64())
+    arrays = {name: pa.array(values, type=types.get(name, pa.int64())) for name, values in columns.items()}
     pq.write_table(pa.table(arrays), path)
-
-
-class _BatchEncoder:
-    """The tokenizer's Rust backend called directly (`encode_batch_fast`: no offsets, no BatchEncoding): the same
-    ids as the transformers call the task makes, 2-3x faster on large splits. Only the arguments tasks use."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        from tokenizers import Tokenizer
-
-        self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # own copy: settings change below
-        self._backend.no_padding()
-
-    def __call__(
-        self,
-        texts: list[str],
-        pairs: list[str] | None = None,
-        truncation: bool | str = True,
-        max_length: int | None = None,
-        padding: bool = False,
-        return_attention_mask: bool = False,
-        return_token_type_ids: bool = False,
-    ) -> dict[str, list]:
-        if truncation and max_length:
-            self._backend.enable_truncation(max_length, strategy="longest_first")
-        else:
-            self._backend.no_truncation()
-        inputs = list(zip(texts, pairs, strict=True)) if pairs is not None else texts
-        encodings = self._backend.encode_batch_fast(inputs, add_special_tokens=True)
-        out: dict[str, list] = {"input_ids": [e.ids for e in encodings]}
-        if return_attention_mask:
-            out["attention_mask"] = [e.attention_mask for e in encodings]
-        if return_token_type_ids:
-            out["token_type_ids"] = [e.type_ids for e in encodings]
-        return out
 
 
 class _TokenizerThreads:
@@ -113,7 +75,7 @@ def tokenise_splits(
     out_dir: Path,
     cache_root: Path,
     cfg: TokeniseConfig,
-    task: TaskPlugin,
+    task: Task,
 ) -> dict[str, Any]:
     """Write out_dir/{split}.parquet (+ manifest.json); reuse the content-keyed cache when it holds the result."""
     import pandas as pd
@@ -129,15 +91,15 @@ def tokenise_splits(
         cache_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=cache_root))
         stats: dict[str, Any] = {}
-        encoder = _BatchEncoder(tokenizer) if getattr(tokenizer, "is_fast", False) else tokenizer
         for split in SPLITS:
             frame = pd.read_parquet(clean_dir / f"{split}.parquet")
             with _TokenizerThreads():
-                columns = task.tokenise(encoder, frame, cfg.max_length, cfg.batch_size)
-            _write_split(columns, staging / f"{split}.parquet")
+                columns = task.tokenise(tokenizer, frame, cfg)
+            _write_split(columns, staging / f"{split}.parquet", task.feature_types())
             lengths = columns["length"]
             stats[split] = {
-                "rows": len(lengths),
+                "rows": len(frame),
+                "features": len(lengths),
                 "tokens": int(sum(lengths)),
                 "max_tokens": int(max(lengths, default=0)),
                 "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 2),

@@ -17,25 +17,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from pipelines.config import ModelConfig, TrainConfig
 from pipelines.errors import ModelLoadError
-from pipelines.tasks.base import TaskPlugin
+from pipelines.tasks.base import Task
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-# Attribute names architectures use for dropout; whichever the config has is set from model.dropout.
-_DROPOUT_ATTRS = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "classifier_dropout",
-    "dropout",
-    "attention_dropout",
-    "seq_classif_dropout",
-)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, mega_batch_factor: int, seed: int) -> list[list[int]]:
@@ -124,76 +117,43 @@ def apply_freezing(model: Any, cfg: ModelConfig) -> dict[str, int]:
     return {"trainable_params": trainable, "frozen_params": total - trainable, "frozen_layers": frozen_layers}
 
 
-def load_pretrained(model_path: Path, task: TaskPlugin, id2label: dict[int, str], cfg: ModelConfig) -> Any:
-    """Pre-trained encoder + a new head sized for our labels; local files only, no remote code."""
-    from transformers import AutoConfig
-
-    from pipelines.pretrained import quiet_transformers
-
-    quiet_transformers()  # the "newly initialized head" notice is expected, not news
-    try:
-        config = AutoConfig.from_pretrained(model_path, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_path}: cannot read config.json ({exc})") from None
-    config.num_labels = len(id2label)
-    config.id2label = {int(i): name for i, name in id2label.items()}
-    config.label2id = {name: int(i) for i, name in id2label.items()}
-    for attr in _DROPOUT_ATTRS:
-        if hasattr(config, attr):
-            setattr(config, attr, cfg.dropout)
-    try:
-        return task.model_class().from_pretrained(
-            model_path,
-            config=config,
-            local_files_only=True,
-            trust_remote_code=False,
-            ignore_mismatched_sizes=True,  # a folder with a head for other labels still loads its encoder
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"{model_path}: cannot load weights ({type(exc).__name__}: {exc})") from None
-
-
 def read_tokenised_split(path: Path) -> dict[str, list]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pydict()
 
 
-def load_pretrained_checkpoint(model_dir: Path, task: TaskPlugin) -> Any:
-    """A fine-tuned checkpoint written by train_model, in eval mode."""
-    from pipelines.pretrained import quiet_transformers
-
-    quiet_transformers()
-    try:
-        model = task.model_class().from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_dir}: cannot load the trained checkpoint ({type(exc).__name__}: {exc})") from None
-    return model.eval()
-
-
 def _take(rows: dict[str, list], idx: list[int]) -> dict[str, list]:
     return {k: [v[i] for i in idx] for k, v in rows.items()}
 
 
-def predict_logits(model: Any, task: TaskPlugin, rows: dict[str, list], batch_size: int, pad_id: int) -> np.ndarray:
-    """Logits in the original row order."""
+def feature_batches(
+    model: Any, task: Task, rows: dict[str, list], batch_size: int, pad_token_id: int
+) -> Iterator[tuple[list[int], dict[str, Any], Any]]:
+    """(feature indices, collated batch, model outputs) in length-sorted order, without gradients."""
     import torch
 
-    n = len(rows["label"])
-    out = np.zeros((n, model.config.num_labels), dtype=np.float32)
     model.eval()
     with torch.inference_mode():
         for idx in sequential_batches(rows["length"], batch_size):
-            batch = task.collate(_take(rows, idx), pad_id)
-            batch.pop("labels")
-            out[idx] = model(**batch).logits.float().numpy()
-    return out
+            batch = task.collate(_take(rows, idx), pad_token_id)
+            yield idx, batch, model(**batch)
 
 
-def _loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+def subset_rows(rows: dict[str, list], n: int, seed: int) -> dict[str, list]:
+    """About n training examples (all their features): stratified by label when the features carry one."""
+    examples = rows["example_id"]
+    if "label" in rows:
+        first: dict[int, int] = {}
+        for e, label in zip(examples, rows["label"], strict=True):
+            first.setdefault(e, label)
+        ids = sorted(first)
+        keep = {ids[i] for i in stratified_subset([first[e] for e in ids], n, seed)}
+    else:
+        unique = sorted(set(examples))
+        rng = np.random.default_rng(seed)
+        keep = set(rng.choice(unique, size=min(n, len(unique)), replace=False).tolist())
+    return _take(rows, [i for i, e in enumerate(examples) if e in keep])
 
 
 def _is_better(metric: str, value: float, best: float | None) -> bool:
@@ -239,7 +199,7 @@ def training_state_key(
     model_path: Path,
     train_cfg: TrainConfig,
     model_cfg: ModelConfig,
-    task: TaskPlugin,
+    task: Task,
     pad_token_id: int,
 ) -> str:
     """What a checkpoint belongs to: a rerun only resumes one made from the same data, params, base model and code."""
@@ -254,7 +214,7 @@ def training_state_key(
             "model": tree_digest(model_path) if Path(model_path).is_dir() else str(model_path),
             "train": train_fields,
             "model_cfg": model_cfg.model_dump(mode="json"),
-            "task": type(task).__name__,
+            "task": task.options.model_dump(mode="json"),
             "pad": pad_token_id,
             "code": source_digest("pipelines.train"),
         }
@@ -316,10 +276,12 @@ def train_model(
     out_dir: Path,
     train_cfg: TrainConfig,
     model_cfg: ModelConfig,
-    task: TaskPlugin,
+    task: Task,
     pad_token_id: int,
     on_epoch_end: EpochCallback | None = None,
     checkpoint_dir: Path | None = None,
+    val_frame: pd.DataFrame | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Train, validate every epoch, stop early, keep the best epoch in out_dir. Returns a summary with history.
 
@@ -337,9 +299,13 @@ def train_model(
     train_rows = read_tokenised_split(tokenised_dir / "train.parquet")
     val_rows = read_tokenised_split(tokenised_dir / "validation.parquet")
     if train_cfg.max_train_rows:
-        train_rows = _take(train_rows, stratified_subset(train_rows["label"], train_cfg.max_train_rows, train_cfg.seed))
+        train_rows = subset_rows(train_rows, train_cfg.max_train_rows, train_cfg.seed)
+    if val_frame is None:  # the clean validation split sits next to the tokenised one (artifacts/clean)
+        import pandas as pd
 
-    model = load_pretrained(model_path, task, id2label, model_cfg)
+        val_frame = pd.read_parquet(Path(tokenised_dir).parent / "clean" / "validation.parquet")
+
+    model = task.build_model(model_path, id2label, model_cfg)
     freezing = apply_freezing(model, model_cfg)
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -349,20 +315,19 @@ def train_model(
         {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(train_rows["label"]) / train_cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_rows["input_ids"]) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
 
-    metric = train_cfg.early_stopping_metric
+    metric = metric or train_cfg.early_stopping_metric or task.spec.metrics[0]
     history: list[dict[str, float]] = []
     best: float | None = None
     best_epoch = 0
     stale = 0
     step = 0
     started = time.perf_counter()
-    val_labels = np.asarray(val_rows["label"])
     stopped_early = False
     key = ckpt_path = None
     start_epoch, start_batch, carried = 1, 0, (0.0, 0)
@@ -425,7 +390,7 @@ def train_model(
                 train_rows["length"], train_cfg.batch_size, train_cfg.mega_batch_factor, seed
             )
         else:
-            batches = random_batches(len(train_rows["label"]), train_cfg.batch_size, seed)
+            batches = random_batches(len(train_rows["input_ids"]), train_cfg.batch_size, seed)
         first = start_batch if epoch == start_epoch else 0
         epoch_loss, seen = carried if epoch == start_epoch else (0.0, 0)
         epoch_started = time.perf_counter()
@@ -445,15 +410,14 @@ def train_model(
                 break
             if every and step % every == 0 and position + 1 < len(batches):
                 checkpoint(epoch, position + 1, (epoch_loss, seen))
-        logits = predict_logits(model, task, val_rows, train_cfg.eval_batch_size, pad_token_id)
-        scores = task.compute_metrics(logits, val_labels, id2label)
+        predictions = task.predict(model, val_rows, val_frame, train_cfg.eval_batch_size, pad_token_id)
+        scores = task.score(predictions, val_frame, id2label)
         record = {
             "epoch": epoch,
             "step": step,
             "train_loss": epoch_loss / max(seen, 1),
-            "val_loss": _loss(logits, val_labels),
-            "val_accuracy": scores["accuracy"],
-            "val_macro_f1": scores["macro_f1"],
+            "val_loss": predictions.loss,
+            **{f"val_{name}": float(scores[name]) for name in task.spec.metrics},
             "learning_rate": scheduler.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - epoch_started,
         }
@@ -484,8 +448,9 @@ def train_model(
         "epochs_run": len(history),
         "stopped_early": stopped_early,
         "steps": step,
-        "train_rows": len(train_rows["label"]),
-        "validation_rows": len(val_rows["label"]),
+        "train_rows": len(set(train_rows["example_id"])),
+        "train_features": len(train_rows["input_ids"]),
+        "validation_rows": len(val_frame),
         "train_seconds": round(elapsed_before + time.perf_counter() - started, 2),
         "resumed_from": resumed_from,
         "history": history,

@@ -1,43 +1,187 @@
-"""The task plug-in interface: what differs between task types, and nothing else.
+"""The task interface: everything that differs between task types, and nothing else.
 
-A task decides which columns it reads, how rows become token ids, which model head it uses, how a batch
-is collated and which metrics it reports. Stages (tokenise, train, evaluate, export) only talk to this.
+Stages (validate, clean, tokenise, train, evaluate, export, register), the champion re-scoring, `nlpops predict`
+and the MLflow pyfunc only call these methods; none of them tests a task name. A task type is one module under
+pipelines/tasks/ with `Options` (its typed params section), `SPEC` (pipelines/tasks/catalog.py TaskSpec), a `Task`
+subclass of this class and a torch-free runtime class (`Runtime` subclass of pipelines.serving.OnnxRuntimeModel).
+
+Data flow and the objects that carry it:
+- clean writes `<artifacts>/clean/{train,validation,test}.parquet`, one row per *example* (a sentence, a sentence
+  pair, a tokenised sentence ...), plus label_map.json (`id2label`, or empty for tasks without a label space);
+- tokenise turns each split into *features* (`Task.tokenise`): one or more per example (long inputs become
+  windows), each with `example_id` (its example's row) and `length` (its token count), stored in Parquet with proper
+  Arrow list types (`Task.feature_types`);
+- train/evaluate run `Task.predict` (torch) on features and get `Predictions`: one prediction per *example*, plus
+  the mean loss; `Task.score` turns predictions + the clean frame into metrics (the spec's scalar metrics + detail);
+- the exported runtime predicts from raw inputs (`Runtime.predict`), and `Task.predictions_from_runtime` brings its
+  outputs back to the same `Predictions`, so the champion is scored by the very same `Task.score`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
     import torch
 
-    from pipelines.config import DataConfig
+    from pipelines.config import ModelConfig, Params, TokeniseConfig
+    from pipelines.tasks.catalog import TaskSpec
 
 
-class TaskPlugin(ABC):
-    name: str
-    # Metric names this task reports on the validation split; the first is the default selection metric.
-    metrics: tuple[str, ...]
+@dataclass
+class Predictions:
+    """One prediction per example of a split (`values`, task-defined), optional per-example scores, and the mean
+    loss over the features (NaN when there are no gold labels)."""
+
+    values: list[Any]
+    scores: list[Any] | None = None
+    loss: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """What to trace and how: the wrapper module (returns a tuple of tensors in `output_names` order), its input
+    and output names, and example inputs with every dynamic dimension >= 2 (the exporter specialises size 1)."""
+
+    module: Any
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: tuple[Any, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+class Task(ABC):
+    """One task type bound to one run's params."""
+
+    spec: ClassVar[TaskSpec]
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.options = params.task
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # ------------------------------------------------------------------ data: validate + clean stages
 
     @abstractmethod
-    def text_columns(self, data: DataConfig) -> list[str]:
-        """Canonical text columns the cleaned splits carry (e.g. ['text'] or ['text', 'text_pair'])."""
+    def validate_data(self, report_path: Path, docs_dir: Path | None) -> dict[str, Any]:
+        """Read every raw file, run the task's stored Great Expectations suites, write the report (and Data Docs);
+        raise DataValidationError naming file, column/line and check on failure. Returns a small summary."""
 
     @abstractmethod
-    def tokenise(self, tokenizer: Any, frame: pd.DataFrame, max_length: int, batch_size: int) -> dict[str, list]:
-        """Token ids (unpadded) and labels for each row: columns of the tokenised split."""
+    def clean_data(self, out_dir: Path) -> dict[str, Any]:
+        """Normalise, de-duplicate, quarantine, split (no leakage), write {split}.parquet, label_map.json,
+        summary.json (and quarantine.parquet). Returns the summary."""
+
+    def data_quality_metrics(self, summary: dict[str, Any]) -> dict[str, float]:
+        """Counts from the clean summary logged to MLflow (rows read, dropped, quarantined, leakage...)."""
+        from pipelines.data.clean import data_quality_metrics
+
+        return data_quality_metrics(summary)
+
+    # ------------------------------------------------------------------ tokenise stage
 
     @abstractmethod
-    def model_class(self) -> Any:
-        """The transformers Auto class with the right head."""
+    def tokenise(self, tokenizer: Any, frame: pd.DataFrame, cfg: TokeniseConfig) -> dict[str, list]:
+        """Feature columns for one clean split; must include `example_id` and `length`."""
+
+    def feature_types(self) -> dict[str, Any]:
+        """Arrow type per feature column; columns not named here are int64 scalars."""
+        import pyarrow as pa
+
+        return {"input_ids": pa.list_(pa.int32()), "token_type_ids": pa.list_(pa.int32())}
+
+    # ------------------------------------------------------------------ model
+
+    @abstractmethod
+    def auto_class(self) -> Any:
+        """The transformers Auto class with this task's head."""
+
+    def configure_model(self, config: Any, id2label: dict[int, str]) -> None:
+        """Set the head's size and label maps on the pre-trained config before the weights load."""
+        if id2label:
+            config.num_labels = len(id2label)
+            config.id2label = {int(i): name for i, name in id2label.items()}
+            config.label2id = {name: int(i) for i, name in id2label.items()}
+
+    def build_model(self, model_path: Path, id2label: dict[int, str], model_cfg: ModelConfig) -> Any:
+        """Pre-trained weights + a new head for this task; local files only, no remote code."""
+        from pipelines.pretrained import load_pretrained_model
+
+        return load_pretrained_model(model_path, self, id2label, model_cfg)
+
+    def load_trained(self, model_dir: Path) -> Any:
+        """A fine-tuned checkpoint written by the train stage, in eval mode."""
+        from pipelines.pretrained import load_trained_model
+
+        return load_trained_model(model_dir, self)
 
     @abstractmethod
     def collate(self, rows: dict[str, list], pad_token_id: int) -> dict[str, torch.Tensor]:
-        """Pad a batch to its own longest row."""
+        """Pad a batch of features to its own longest row; includes `labels` when the features carry them."""
+
+    # ------------------------------------------------------------------ predictions and metrics
 
     @abstractmethod
-    def compute_metrics(self, logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> dict[str, Any]:
-        """Scalar metrics plus task-specific detail (per-class scores, confusion matrix)."""
+    def predict(
+        self, model: Any, rows: dict[str, list], frame: pd.DataFrame, batch_size: int, pad_token_id: int
+    ) -> Predictions:
+        """Run the torch model on a split's features; one prediction per example of `frame` (in frame order)."""
+
+    @abstractmethod
+    def score(self, predictions: Predictions, frame: pd.DataFrame, id2label: dict[int, str]) -> dict[str, Any]:
+        """Every metric in spec.metrics (floats) plus detail (per class/type, confusion...) and `rows`."""
+
+    @abstractmethod
+    def slices(
+        self, predictions: Predictions, frame: pd.DataFrame, rows: dict[str, list] | None, id2label: dict[int, str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
+        """Gate slices: ({slice: {value, rows, metric}}, membership (what defines the slices, hashed to compare
+        with the champion's recorded slices), notes)."""
+
+    def write_evaluation(
+        self, scores: dict[str, Any], predictions: Predictions, frame: pd.DataFrame, out_dir: Path
+    ) -> dict[str, Path]:
+        """The task's evaluation views for DVC and MLflow (tables, plots); returns {name: path}."""
+        return {}
+
+    def evaluation_files(self, out_dir: Path) -> list[Path]:
+        """The files write_evaluation writes (DVC outs of the evaluate stage)."""
+        return []
+
+    def metric_tags(self, scores: dict[str, Any]) -> dict[str, float]:
+        """Scalar metrics recorded on the run and the registered version."""
+        return {name: float(scores[name]) for name in self.spec.metrics if name in scores}
+
+    # ------------------------------------------------------------------ export, parity, serving
+
+    @abstractmethod
+    def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:
+        """The graph to export."""
+
+    @abstractmethod
+    def serving_config(self, model: Any, tokenizer: Any, export_spec: ExportSpec) -> dict[str, Any]:
+        """serving.json for the runtime (always with `task` and `input_names`)."""
+
+    @abstractmethod
+    def parity_feeds(self, tokenizer: Any, frame: pd.DataFrame, input_names: list[str]) -> list[dict[str, Any]]:
+        """Real test inputs as ONNX feeds (numpy int64), in batches of varied sizes (1, 7, then up to 64)."""
+
+    @abstractmethod
+    def outputs_agree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
+        """Number of examples in one batch whose decoded result differs between PyTorch and ONNX outputs."""
+
+    @abstractmethod
+    def runtime_inputs(self, frame: pd.DataFrame) -> list[Any]:
+        """Clean-split rows as the runtime's input items (what a user would send)."""
+
+    @abstractmethod
+    def predictions_from_runtime(self, outputs: list[Any], id2label: dict[int, str]) -> Predictions | None:
+        """Runtime outputs as Predictions for `score`; None when they cannot be compared (another label set)."""

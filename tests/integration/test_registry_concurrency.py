@@ -58,7 +58,9 @@ def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: An
             reference = None if champion is None else {"macro_f1": float(champion.tags["metric.macro_f1"])}
             version = None if champion is None else str(champion.version)
             time.sleep(0.05)  # widen the read-decide-move window: without the lock this race is lost
-            return decide_gate({"macro_f1": score}, GateConfig(min_score=0.0), reference, version, PARITY, 1.0)
+            return decide_gate(
+                {"macro_f1": score}, GateConfig(metric="macro_f1", min_score=0.0), reference, version, PARITY, 1.0
+            )
 
         result = register_challenger(
             name,

@@ -57,7 +57,7 @@ def _register(run_id: str, state_dir: Path) -> dict[str, Any]:
         return model.model_uri
 
     def decide(champion: Any) -> Any:
-        return decide_gate({"macro_f1": 0.9}, GateConfig(min_score=0.0), None, None, PARITY, 1.0)
+        return decide_gate({"macro_f1": 0.9}, GateConfig(metric="macro_f1", min_score=0.0), None, None, PARITY, 1.0)
 
     return register_challenger(
         NAME,

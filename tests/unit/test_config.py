@@ -21,10 +21,15 @@ def test_repo_params_file_is_valid() -> None:
     [
         ("train.lr=1", "unknown key 'train.lr' (allowed: learning_rate"),
         ("trian.epochs=1", "unknown key 'trian' (allowed: project, data, task, validate"),
-        ("train.early_stopping_metric=f2", "train.early_stopping_metric='f2' is not allowed (allowed: 'accuracy'"),
+        (
+            "train.early_stopping_metric=f2",
+            "train.early_stopping_metric='f2' is not allowed for task text_classification",
+        ),
+        ("gate.metric=f1", "gate.metric='f1' is not allowed for task text_classification (allowed: 'macro_f1'"),
         ("train.epochs=0", "train.epochs=0: Input should be greater than or equal to 1"),
         ("validate.max_null_share=2", "validate.max_null_share=2"),
-        ("task.type=ner", "task.type='ner' is not allowed"),
+        ("task.type=ner", "task.type='ner' is not allowed (allowed: 'text_classification'"),
+        ("task.foo=1", "unknown key 'task.foo'"),
     ],
 )
 def test_invalid_values_name_the_key_and_what_is_allowed(override: str, expected: str) -> None:

@@ -15,6 +15,17 @@ from pipelines.export_onnx import export_onnx, load_model_and_tokenizer, onnx_pa
 from pipelines.hashing import file_digest
 
 MAX_LENGTH = 32
+
+
+def classifier_task(pair: bool = False):
+    """The text-classification task with this file's max length (and a pair column when asked)."""
+    from pipelines.config import Params
+    from pipelines.tasks import get_task
+
+    data = {"path": "-", **({"text_pair_column": "text_pair"} if pair else {})}
+    return get_task(Params.model_validate({"data": data, "tokenise": {"max_length": MAX_LENGTH}}))
+
+
 WORDS = ["the", "film", "was", "really", "good", "bad", "awful", "fun", "plot", "and", "acting", "quite", "dull"]
 
 
@@ -39,7 +50,7 @@ def single_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("export-single")
     test_parquet = write_test_parquet(root / "test.parquet", rows=30)
     cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=20)
-    result = export_onnx(tiny_model_dir, test_parquet, root / "onnx", cfg, MAX_LENGTH)
+    result = export_onnx(tiny_model_dir, test_parquet, root / "onnx", cfg, classifier_task())
     return root / "onnx", result
 
 
@@ -91,9 +102,11 @@ def test_export_parity_numbers_and_files(single_export: tuple[Path, dict]) -> No
 
     serving = json.loads((out_dir / "serving.json").read_text())
     assert serving == {
+        "task": "text_classification",
         "max_length": MAX_LENGTH,
         "pair": False,
         "input_names": ["input_ids", "attention_mask", "token_type_ids"],
+        "output_names": ["logits"],
         "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
         "opset": 17,
     }
@@ -108,7 +121,7 @@ def test_onnx_graph_runs_shapes_never_traced(single_export: tuple[Path, dict], t
     from pipelines.serving import ort_session
 
     out_dir, _ = single_export
-    model, _ = load_model_and_tokenizer(tiny_model_dir)
+    model, _ = load_model_and_tokenizer(tiny_model_dir, classifier_task())
     rng = np.random.default_rng(0)
     input_ids = rng.integers(5, 40, size=(5, 90)).astype(np.int64)
     attention = np.ones_like(input_ids)
@@ -126,17 +139,18 @@ def test_onnx_parity_detects_a_changed_model(single_export: tuple[Path, dict], t
     import torch
 
     out_dir, _ = single_export
-    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
-    texts = [t for t, _ in make_rows(9, seed=5)]
-    ok = onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, atol=1e-4)
+    task = classifier_task()
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, task)
+    spec = task.export_spec(model, tokenizer)
+    frame = pd.DataFrame({"text": [t for t, _ in make_rows(9, seed=5)]})
+    feeds = task.parity_feeds(tokenizer, frame, spec.input_names)
+    ok = onnx_parity(out_dir / "model.onnx", spec, task, feeds, atol=1e-4)
     assert ok["passed"] and ok["batch_sizes"] == [1, 7, 1] and ok["rows"] == 9
     with torch.no_grad():
         model.classifier.bias[1] += 0.5  # the ONNX graph still holds the old weights
-    bad = onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, atol=1e-4)
+    bad = onnx_parity(out_dir / "model.onnx", spec, task, feeds, atol=1e-4)
     assert bad["passed"] is False
     assert bad["max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
-    with pytest.raises(ValueError, match="do not add up"):
-        onnx_parity(out_dir / "model.onnx", model, tokenizer, texts, None, MAX_LENGTH, 1e-4, batch_sizes=[1, 2])
 
 
 def test_parity_failure_raises_and_still_writes_report(
@@ -150,20 +164,20 @@ def test_parity_failure_raises_and_still_writes_report(
 
     exported_onnx = single_export[0] / "model.onnx"
 
-    def reuse_export_then_change_model(model, tokenizer, onnx_path, *args, **kwargs):
+    def reuse_export_then_change_model(spec, onnx_path, *args, **kwargs):
         # The graph of the unchanged tiny model (exported by the fixture; saves a 5 s export), then a PyTorch
         # model that now always prefers label 1: the parity check must catch the disagreement.
         shutil.copyfile(exported_onnx, onnx_path)
         with torch.no_grad():
-            model.classifier.bias[1] += 10.0
-        return export_module.onnx_input_names(model, tokenizer)
+            spec.module.inner.classifier.bias[1] += 10.0
+        return spec.input_names
 
     monkeypatch.setattr(export_module, "export_model_to_onnx", reuse_export_then_change_model)
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=10)
     out_dir = tmp_path / "onnx"
     with pytest.raises(ParityError, match=r"model\.onnx: parity failed: max abs diff .* > atol 0\.0001 on 10 rows"):
         export_onnx(
-            tiny_model_dir, test_parquet, out_dir, ExportConfig(opset=17, atol=1e-4, parity_rows=64), MAX_LENGTH
+            tiny_model_dir, test_parquet, out_dir, ExportConfig(opset=17, atol=1e-4, parity_rows=64), classifier_task()
         )
     parity = json.loads((out_dir / "parity.json").read_text())
     assert parity["passed"] is False
@@ -181,5 +195,5 @@ def test_missing_model_folder_is_a_model_load_error(tmp_path: Path) -> None:
             test_parquet,
             tmp_path / "onnx",
             ExportConfig(opset=17, atol=1e-4, parity_rows=64),
-            MAX_LENGTH,
+            classifier_task(),
         )

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import GateConfig
-from pipelines.evaluate import decide_gate, membership_digest, score_slices, slice_membership
+from pipelines.evaluate import decide_gate, membership_digest
+from pipelines.tasks.text_classification.metrics import score_slices, slice_membership
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 PARITY_OK = {"passed": True, "max_abs_diff": 1e-7, "atol": 1e-4, "rows": 64, "label_mismatches": 0}
@@ -56,14 +57,18 @@ def test_a_slice_that_regresses_too_much_fails_the_gate_even_when_the_total_impr
 def test_small_slices_are_reported_but_not_gated_and_slices_can_be_switched_off() -> None:
     champion = {"macro_f1": 0.8, "slices": {"topic=x": {"value": 0.9, "rows": 5, "metric": "macro_f1"}}}
     challenger = {"macro_f1": 0.9, "slices": {"topic=x": {"value": 0.1, "rows": 5, "metric": "macro_f1"}}}
-    assert decide_gate(challenger, GateConfig(min_score=0.0, slice_min_rows=20), champion, "1").passed
-    assert not decide_gate(challenger, GateConfig(min_score=0.0, slice_min_rows=5), champion, "1").passed
-    off = GateConfig(min_score=0.0, slice_min_rows=5, max_slice_drop=None)
+    assert decide_gate(
+        challenger, GateConfig(metric="macro_f1", min_score=0.0, slice_min_rows=20), champion, "1"
+    ).passed
+    assert not decide_gate(
+        challenger, GateConfig(metric="macro_f1", min_score=0.0, slice_min_rows=5), champion, "1"
+    ).passed
+    off = GateConfig(metric="macro_f1", min_score=0.0, slice_min_rows=5, max_slice_drop=None)
     assert decide_gate(challenger, off, champion, "1").passed
 
 
 def test_parity_and_latency_are_pending_in_evaluate_and_decided_at_register() -> None:
-    cfg = GateConfig(min_score=0.0, max_latency_ms=50.0)
+    cfg = GateConfig(metric="macro_f1", min_score=0.0, max_latency_ms=50.0)
     early = decide_gate({"macro_f1": 0.9}, cfg)
     assert early.passed and not early.final and early.pending == ["onnx_parity", "latency"]
     final = decide_gate({"macro_f1": 0.9}, cfg, parity=PARITY_OK, latency_p95_ms=12.5)
@@ -79,7 +84,9 @@ def test_parity_and_latency_are_pending_in_evaluate_and_decided_at_register() ->
 
 def test_decision_serialises_with_reasons_and_a_compact_tag() -> None:
     many = {f"class=c{i}": {"value": 0.5, "rows": 100, "metric": "f1"} for i in range(400)}
-    d = decide_gate({"macro_f1": 0.9, "slices": many}, GateConfig(), {"macro_f1": 0.8, "slices": many}, "2")
+    d = decide_gate(
+        {"macro_f1": 0.9, "slices": many}, GateConfig(metric="macro_f1"), {"macro_f1": 0.8, "slices": many}, "2"
+    )
     data = d.to_dict()
     assert data["passed"] is True and data["champion_version"] == "2" and len(data["reasons"]) == 402
     tag = d.summary()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.tasks.text_classification import classification_metrics
+from pipelines.tasks.text_classification.metrics import classification_metrics
 
 
 def test_known_confusion_gives_known_scores() -> None:

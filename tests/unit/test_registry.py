@@ -112,7 +112,7 @@ def _log_model(run_id: str):
 
 
 def _register(run_id: str, value: float, tmp_path: Path, decide=None) -> dict:
-    cfg = GateConfig(min_score=0.0)
+    cfg = GateConfig(metric="macro_f1", min_score=0.0)
 
     def by_metric(champion):
         reference = None if champion is None else {"macro_f1": float(champion.tags["metric.macro_f1"])}

@@ -1,4 +1,4 @@
-"""Serving an exported tiny BERT: OnnxTextClassifier against PyTorch, and the MLflow pyfunc round trip."""
+"""Serving an exported tiny BERT: the text-classification runtime against PyTorch, and the MLflow pyfunc round trip."""
 
 from __future__ import annotations
 
@@ -18,9 +18,20 @@ import pipelines.serving as serving
 from pipelines.config import ExportConfig
 from pipelines.errors import ModelLoadError
 from pipelines.export_onnx import export_onnx, load_model_and_tokenizer
-from pipelines.serving import OnnxTextClassifier, log_onnx_pyfunc
+from pipelines.serving import log_onnx_pyfunc
+from pipelines.tasks.text_classification.runtime import OnnxTextClassifier
 
 MAX_LENGTH = 32
+
+
+def classifier_task(pair: bool = False):
+    from pipelines.config import Params
+    from pipelines.tasks import get_task
+
+    data = {"path": "-", **({"text_pair_column": "text_pair"} if pair else {})}
+    return get_task(Params.model_validate({"data": data, "tokenise": {"max_length": MAX_LENGTH}}))
+
+
 LABELS = {"0": "negative", "1": "positive"}
 TEXTS = [
     "the film was good",
@@ -49,9 +60,8 @@ def export(model_dir: Path, root: Path, pair: bool) -> Path:
     if pair:
         frame["text_pair"] = PAIRS
     frame.to_parquet(root / "test.parquet", index=False)
-    export_onnx(
-        model_dir, root / "test.parquet", root / "onnx", ExportConfig(opset=17, atol=1e-4, parity_rows=16), MAX_LENGTH
-    )
+    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=16)
+    export_onnx(model_dir, root / "test.parquet", root / "onnx", cfg, classifier_task(pair))
     return root / "onnx"
 
 
@@ -69,7 +79,7 @@ def torch_probabilities(model_dir: Path, texts: list[str], pairs: list[str] | No
     """PyTorch reference: one batch, padded to its longest row, tokenised like training."""
     import torch
 
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, classifier_task())
     enc = tokenizer(texts, pairs, truncation="longest_first", max_length=MAX_LENGTH, padding=True, return_tensors="pt")
     with torch.inference_mode():
         return torch.softmax(model(**enc).logits, dim=-1).numpy()
@@ -78,7 +88,7 @@ def torch_probabilities(model_dir: Path, texts: list[str], pairs: list[str] | No
 def test_classifier_matches_torch_argmax_and_probabilities(single_dir: Path, model_dir: Path) -> None:
     classifier = OnnxTextClassifier.from_dir(single_dir)
     assert classifier.id2label == {0: "negative", 1: "positive"} and classifier.pair is False
-    rows = classifier.predict(TEXTS, batch_size=3)  # batches of 3, 3, 1: each padded differently
+    rows = classifier.classify(TEXTS, batch_size=3)  # batches of 3, 3, 1: each padded differently
     expected = torch_probabilities(model_dir, TEXTS)
     assert [r["label"] for r in rows] == [LABELS[str(i)] for i in expected.argmax(axis=1)]
     for row, probs in zip(rows, expected, strict=True):
@@ -86,9 +96,9 @@ def test_classifier_matches_torch_argmax_and_probabilities(single_dir: Path, mod
         assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-9)
         assert row["score"] == row["scores"][row["label"]] == max(row["scores"].values())
         assert [row["scores"]["negative"], row["scores"]["positive"]] == pytest.approx(probs.tolist(), abs=1e-6)
-    assert classifier.predict([]) == []
+    assert classifier.classify([]) == []
     with pytest.raises(ValueError, match="single-sentence"):
-        classifier.predict(TEXTS, PAIRS)
+        classifier.classify(TEXTS, PAIRS)
 
 
 def test_pair_model_exports_quietly_and_serves_pairs(model_dir: Path, tmp_path: Path, capfd) -> None:
@@ -107,10 +117,10 @@ def test_pair_model_exports_quietly_and_serves_pairs(model_dir: Path, tmp_path: 
     classifier = OnnxTextClassifier.from_dir(pair_dir)
     assert classifier.pair is True
     with pytest.raises(ValueError, match="text_pairs is required"):
-        classifier.predict(TEXTS)
+        classifier.classify(TEXTS)
     with pytest.raises(ValueError, match="differ in length"):
-        classifier.predict(TEXTS, PAIRS[:2])
-    rows = classifier.predict(TEXTS, PAIRS, batch_size=4)
+        classifier.classify(TEXTS, PAIRS[:2])
+    rows = classifier.classify(TEXTS, PAIRS, batch_size=4)
     expected = torch_probabilities(model_dir, TEXTS, PAIRS)
     assert [r["label"] for r in rows] == [LABELS[str(i)] for i in expected.argmax(axis=1)]
     assert np.array([r["scores"]["positive"] for r in rows]) == pytest.approx(expected[:, 1], abs=1e-6)
@@ -157,8 +167,11 @@ def test_serving_module_is_torch_free_and_cheap_to_import() -> None:
     from_pipelines = [
         n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and "pipelines" in n.module
     ]
-    assert from_pipelines == ["pipelines.errors"]  # guarded: falls back to a local class
-    code = "import sys, pipelines.serving; print(sorted({'torch', 'mlflow', 'transformers'} & set(sys.modules)))"
+    assert from_pipelines == ["pipelines.errors", "pipelines.tasks.catalog"]
+    code = (
+        "import sys, pipelines.serving, pipelines.tasks.text_classification.runtime;"
+        "print(sorted({'torch', 'mlflow', 'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -198,20 +211,29 @@ def test_log_onnx_pyfunc_round_trip(single_dir: Path, sqlite_tracking: str, capf
     result = loaded.predict(pd.DataFrame({"text": TEXTS}))
     assert list(result.columns) == ["label", "score"]
     assert set(result["label"]) <= set(LABELS.values())
-    direct = OnnxTextClassifier.from_dir(single_dir).predict(TEXTS)
+    direct = OnnxTextClassifier.from_dir(single_dir).classify(TEXTS)
     assert result["label"].tolist() == [r["label"] for r in direct]
     assert result["score"].to_numpy() == pytest.approx([r["score"] for r in direct], abs=1e-9)
 
-    # A fresh interpreter where neither torch nor nlpops can be imported still loads and serves the model.
+    # A fresh interpreter without torch and without the installed nlpops (its editable finder and path removed)
+    # still loads and serves the model: the runtime comes from the nlpops code logged with the model.
     code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['pipelines'] = None\n"
+        "import sys; sys.modules['torch'] = None\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]\n"
+        f"sys.path[:] = [p for p in sys.path if p not in ('', {str(Path(serving.__file__).parents[1])!r})]\n"
         "import mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})\n"
         f"model = mlflow.pyfunc.load_model({info.model_uri!r})\n"
         f"print(','.join(model.predict(pd.DataFrame({{'text': {TEXTS!r}}}))['label']))\n"
     )
-    bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(local).parent)
+    bare = subprocess.run(
+        [sys.executable, "-c", code + "import pipelines; print(pipelines.__file__, file=sys.stderr)\n"],
+        capture_output=True,
+        text=True,
+        cwd=Path(local).parent,
+    )
     assert bare.returncode == 0, bare.stderr[-2000:]
+    assert str(Path(serving.__file__).parents[1]) not in bare.stderr  # the logged copy, not this checkout
     assert bare.stdout.strip().split(",") == result["label"].tolist()
 
 

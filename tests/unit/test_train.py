@@ -14,7 +14,6 @@ from pipelines.train import (
     apply_freezing,
     encoder_layers,
     length_grouped_batches,
-    load_pretrained,
     random_batches,
     stratified_subset,
     train_model,
@@ -52,7 +51,7 @@ def test_stratified_subset_keeps_class_shares() -> None:
 
 
 def test_freezing_lower_layers_and_training_only_the_last(tiny_model_dir: Path) -> None:
-    model = load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig(freeze_layers=1))
+    model = TASK.build_model(tiny_model_dir, ID2LABEL, ModelConfig(freeze_layers=1))
     layers = encoder_layers(model)
     stats = apply_freezing(model, ModelConfig(freeze_layers=1))
     assert len(layers) == 2 and stats["frozen_layers"] == 1
@@ -60,25 +59,25 @@ def test_freezing_lower_layers_and_training_only_the_last(tiny_model_dir: Path) 
     assert all(p.requires_grad for p in layers[1].parameters())
     assert all(p.requires_grad for p in model.base_model.embeddings.parameters())
 
-    model = load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig())
+    model = TASK.build_model(tiny_model_dir, ID2LABEL, ModelConfig())
     apply_freezing(model, ModelConfig(train_last_layers=1))
     assert not any(p.requires_grad for p in model.base_model.embeddings.parameters())
     assert not any(p.requires_grad for p in encoder_layers(model)[0].parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
 
     with pytest.raises(ModelLoadError, match="freeze_layers=5 but the model has 2 layers"):
-        apply_freezing(load_pretrained(tiny_model_dir, TASK, ID2LABEL, ModelConfig()), ModelConfig(freeze_layers=5))
+        apply_freezing(TASK.build_model(tiny_model_dir, ID2LABEL, ModelConfig()), ModelConfig(freeze_layers=5))
 
 
 def test_dropout_and_labels_reach_the_model_config(tiny_model_dir: Path) -> None:
-    model = load_pretrained(tiny_model_dir, TASK, {0: "a", 1: "b", 2: "c"}, ModelConfig(dropout=0.3))
+    model = TASK.build_model(tiny_model_dir, {0: "a", 1: "b", 2: "c"}, ModelConfig(dropout=0.3))
     assert model.config.hidden_dropout_prob == 0.3 and model.config.attention_probs_dropout_prob == 0.3
     assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"cannot read config\.json"):
-        load_pretrained(tmp_path, TASK, ID2LABEL, ModelConfig())
+        TASK.build_model(tmp_path, ID2LABEL, ModelConfig())
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ import os
 
 import typer
 
-from pipelines.config import DEFAULT_PARAMS_FILE
+from pipelines.cli.options import ParamsOpt, SetOpt, VerboseOpt, setup
 from pipelines.errors import ServiceError
 
 services_app = typer.Typer(help="Local MLflow and Prefect servers on PostgreSQL.", no_args_is_help=True)
 
-ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (its state_dir holds the pids/logs).")
-VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
 PostgresOpt = typer.Option(
     None,
     "--postgres-url",
@@ -22,12 +20,11 @@ MlflowPortOpt = typer.Option(None, "--mlflow-port", help="[env NLPOPS_MLFLOW_POR
 PrefectPortOpt = typer.Option(None, "--prefect-port", help="[env NLPOPS_PREFECT_PORT; 4200]")
 
 
-def _config(params_file: str, verbose: bool, **overrides):
-    from pipelines.cli import _setup
+def _config(params_file: str, overrides: list[str] | None, verbose: bool, **ports):
     from pipelines.services import ServicesConfig
 
-    params = _setup(params_file, [], verbose)
-    return ServicesConfig.from_env(params.project.state_dir, **overrides)
+    params = setup(params_file, overrides, verbose)
+    return ServicesConfig.from_env(params.project.state_dir, **ports)
 
 
 @services_app.command("up")
@@ -37,6 +34,7 @@ def services_up_cmd(
     prefect_port: int | None = PrefectPortOpt,
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Prefect UI."),
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Create the databases if needed, start MLflow and Prefect servers, wait until healthy, print URLs."""
@@ -44,6 +42,7 @@ def services_up_cmd(
 
     cfg = _config(
         params_file,
+        overrides,
         verbose,
         postgres_url=postgres_url,
         mlflow_port=mlflow_port,
@@ -67,12 +66,13 @@ def services_down_cmd(
     mlflow_port: int | None = MlflowPortOpt,
     prefect_port: int | None = PrefectPortOpt,
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Stop the servers `services up` started (the databases are kept)."""
     from pipelines.services import services_down
 
-    cfg = _config(params_file, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
+    cfg = _config(params_file, overrides, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
     stopped = services_down(cfg)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
 
@@ -82,12 +82,13 @@ def services_status_cmd(
     mlflow_port: int | None = MlflowPortOpt,
     prefect_port: int | None = PrefectPortOpt,
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Health of both servers; exit code 3 when one is down."""
     from pipelines.services import services_status
 
-    cfg = _config(params_file, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
+    cfg = _config(params_file, overrides, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
     status = services_status(cfg)
     for name, s in status.items():
         typer.echo(
@@ -106,14 +107,14 @@ def schedule(
         None, "--work-pool", help="Register on this work pool and return (a worker runs it); default: serve here."
     ),
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Deploy the retrain flow on a cron schedule; each run skips when nothing changed since the champion."""
     # Run logs (the change check's verdict) go to the Prefect server, where the UI shows them.
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO")
-    from pipelines.cli import _setup
 
-    _setup(params_file, [], verbose)
+    setup(params_file, overrides, verbose)
     if not os.environ.get("PREFECT_API_URL"):
         raise ServiceError(
             "PREFECT_API_URL is not set: a schedule needs a Prefect server (`nlpops services up` prints the exports)"
@@ -134,16 +135,15 @@ def schedule(
     serve_deployment(build_deployment(cron, name, params_file, timezone))
 
 
-def changes(params_file: str = ParamsOpt, verbose: bool = VerboseOpt) -> None:
+def changes(params_file: str = ParamsOpt, overrides: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """What changed since the champion was made (data md5, params hash, pipeline code); exit 0 either way."""
     from pipelines.changes import detect_changes
-    from pipelines.cli import _setup
 
-    report = detect_changes(_setup(params_file, [], verbose))
+    report = detect_changes(setup(params_file, overrides, verbose))
     typer.echo(report.summary)
 
 
-def add_ops_commands(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     app.add_typer(services_app, name="services")
     app.command("schedule")(schedule)
     app.command("changes")(changes)

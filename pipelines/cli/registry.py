@@ -14,25 +14,18 @@ from typing import Any
 
 import typer
 
-from pipelines.config import DEFAULT_PARAMS_FILE, Params
+from pipelines.cli.options import JsonOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, setup
+from pipelines.config import Params
 from pipelines.errors import NlpopsError, RegistryError, first_line
 
 models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
 
-ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (typed, unknown keys rejected).")
-VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
-JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 ReasonOpt = typer.Option(None, "--reason", "-r", help="Why (required; recorded in the alias history).")
 HtmlOpt = typer.Option(None, "--html", help="Also write a one-page HTML audit report to this file.")
 
 
-def _params(params_file: str, verbose: bool) -> Params:
-    from pipelines.cli import _setup
-    from pipelines.tracking import quiet_libraries
-
-    params = _setup(params_file, [], verbose)
-    quiet_libraries(verbose)
-    return params
+def _params(params_file: str, overrides: list[str] | None, verbose: bool, model: str | None = None) -> Params:
+    return setup(params_file, overrides, verbose, model)
 
 
 @contextlib.contextmanager
@@ -70,11 +63,17 @@ def _event_line(e: dict[str, Any]) -> str:
 
 
 @models_app.command("list")
-def models_list(params_file: str = ParamsOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+def models_list(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    model: str | None = ModelOpt,
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
     """Registered versions: aliases, key metrics, gate result, registered and promoted when and by whom."""
     from pipelines.registry import list_versions
 
-    params = _params(params_file, verbose)
+    params = _params(params_file, overrides, verbose, model)
     with _registry(params):
         rows = list_versions(params.project.registered_model, params.register_.champion_alias)
     if as_json:
@@ -94,13 +93,15 @@ def models_list(params_file: str = ParamsOpt, as_json: bool = JsonOpt, verbose: 
 def models_history(
     version: str | None = typer.Option(None, "--version", help="Only moves to or from this version."),
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    model: str | None = ModelOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Every alias move: when, who, from which version to which, why (oldest first)."""
     from pipelines.registry import alias_history
 
-    params = _params(params_file, verbose)
+    params = _params(params_file, overrides, verbose, model)
     with _registry(params):
         events = alias_history(params.project.registered_model, version=version)
     if as_json:
@@ -117,12 +118,14 @@ def promote_command(
     reason: str | None = ReasonOpt,
     force: bool = typer.Option(False, "--force", help="Promote even though its gate failed (the reason is recorded)."),
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Move the champion alias to VERSION; refused when its gate failed unless --force."""
     from pipelines.registry import promote
 
-    params = _params(params_file, verbose)
+    params = _params(params_file, overrides, verbose, model)
     with _registry(params):
         event = promote(
             params.project.registered_model,
@@ -141,12 +144,14 @@ def promote_command(
 def rollback_command(
     reason: str | None = ReasonOpt,
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Move the champion alias back to the previous champion."""
     from pipelines.registry import rollback
 
-    params = _params(params_file, verbose)
+    params = _params(params_file, overrides, verbose, model)
     with _registry(params):
         event = rollback(params.project.registered_model, reason or "", params.register_.champion_alias, _lock(params))
     typer.echo(_event_line(event))
@@ -160,13 +165,15 @@ def lineage_command(
     as_json: bool = JsonOpt,
     html_file: Path | None = HtmlOpt,
     params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """How VERSION was made: raw data → validation → cleaned data → tokenised cache → training run → metrics and
     gate → ONNX → registered version → alias history."""
     from pipelines.audit import build_lineage, render_html, render_text
 
-    params = _params(params_file, verbose)
+    params = _params(params_file, overrides, verbose, model)
     with _registry(params):
         report = build_lineage(params.project.registered_model, version, verify=verify)
     if html_file is not None:
@@ -182,7 +189,7 @@ def lineage_command(
         raise SystemExit(1)  # typer.Exit is swallowed by app(standalone_mode=False) in cli.main
 
 
-def add_registry_commands(app: typer.Typer) -> None:
+def add_commands(app: typer.Typer) -> None:
     """Attach `models`, `promote`, `rollback` and `lineage` to the main app."""
     app.add_typer(models_app, name="models")
     app.command("promote")(promote_command)

@@ -1,0 +1,60 @@
+"""`nlpops`: the whole flow, one command per stage (from the stage table), prediction, the registry, operations.
+
+Modules: options (shared options and set-up), stages (run, stage verbs, predict, data), registry (models,
+promote, rollback, lineage), ops (services, schedule, changes). Each adds its commands to the app here; none
+imports another command module.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pipelines.cli import ops, registry, stages
+from pipelines.cli.options import state
+from pipelines.errors import NlpopsError
+
+app = typer.Typer(
+    name="nlpops",
+    help="Fine-tune pre-trained transformers and carry each model to a registered, audited ONNX artifact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stages.add_commands(app)
+registry.add_commands(app)
+ops.add_commands(app)
+
+
+def main() -> None:
+    try:
+        result = app(standalone_mode=False)
+    except NlpopsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if state.verbose:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details)", err=True)
+        sys.exit(1)
+    # standalone_mode=False returns a command's typer.Exit code instead of exiting with it: pass it on
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+__all__ = ["app", "main"]

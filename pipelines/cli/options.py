@@ -1,0 +1,61 @@
+"""Options every `nlpops` command shares, declared once, and the set-up every command runs first."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
+
+ParamsOpt = typer.Option(DEFAULT_PARAMS_FILE, "--params", "-p", help="Params file (typed, unknown keys rejected).")
+SetOpt = typer.Option(
+    None, "--set", "-S", help="Override a param for this command, e.g. --set train.learning_rate=3e-5 (repeatable)."
+)
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
+ModelOpt = typer.Option(
+    None, "--model", "-m", help="Registered model name (default: project.registered_model of the params)."
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+
+
+class _State:
+    verbose = False
+
+
+state = _State()
+
+
+def echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+def setup(params_file: str, overrides: list[str] | None, verbose: bool, model: str | None = None) -> Params:
+    """Load params (+ --set, + --model), make the state dir, and keep Prefect/MLflow/GE quiet and offline."""
+    state.verbose = verbose
+    extra = [f"project.registered_model={model}"] if model else []
+    params = load_params(params_file, [*(overrides or []), *extra])
+    state_dir = Path(params.project.state_dir).resolve()
+    from pipelines.statedir import ensure_writable_dir
+
+    ensure_writable_dir(state_dir)  # before Prefect and MLflow try to put their databases there
+    # Prefect keeps its ephemeral database and cached results with the rest of the project's state.
+    os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the ephemeral server migrates its database; on a busy 2-core machine that can take
+    # longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Task failures reach the user as one line from us; Prefect's console handler would repeat them with a
+    # traceback. Its API handler still records everything for the Prefect UI when a server is used.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO" if verbose else "CRITICAL")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from pipelines.tracking import quiet_libraries
+
+    quiet_libraries(verbose)
+    return params

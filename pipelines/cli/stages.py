@@ -1,0 +1,174 @@
+"""`nlpops run`, one verb per stage of the stage table (what dvc.yaml calls), `predict` and `data add`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipelines.cli.options import ModelOpt, ParamsOpt, SetOpt, VerboseOpt, echo, setup, state
+from pipelines.config import Params
+from pipelines.dag import STAGE_ORDER
+from pipelines.errors import NlpopsError
+
+data_app = typer.Typer(help="Bring data in under DVC.", no_args_is_help=True)
+
+
+def _print_summary(stage: str, summary: dict[str, Any]) -> None:
+    shown = {k: v for k, v in summary.items() if k not in ("history",)}
+    echo(f"{stage}: " + json.dumps(shown, default=str, indent=None)[:2000])
+
+
+def _stage_command(stage: str):
+    def command(
+        params_file: str = ParamsOpt,
+        overrides: list[str] = SetOpt,
+        verbose: bool = VerboseOpt,
+    ) -> None:
+        from pipelines.dag import run_stage
+
+        params = setup(params_file, overrides, verbose)
+        _print_summary(stage, run_stage(params, stage))
+
+    command.__doc__ = f"Run the {stage} stage alone (what dvc.yaml calls)."
+    return command
+
+
+STAGE_HELP = {
+    "validate": "Validate raw data with the task's stored Great Expectations suites.",
+    "clean": "Normalise, drop empty/duplicate/conflicting rows, split without leakage, map labels.",
+    "tokenise": "Tokenise the cleaned splits (cached by content hash + tokenizer + max length).",
+    "train": "Fine-tune the pre-trained model; per-epoch validation and early stopping.",
+    "evaluate": "Test metrics, the task's evaluation views and slices, and the champion/challenger gate.",
+    "export": "Export ONNX and check parity against PyTorch on real test inputs.",
+    "register": "Register the ONNX model as challenger; promote to champion if the gate passed.",
+}
+
+
+def run_flow(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    verbose: bool = VerboseOpt,
+    if_changed: bool = typer.Option(
+        False, "--if-changed", help="Skip (and say why) when data, params and code match the champion's lineage."
+    ),
+) -> None:
+    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
+    params = setup(params_file, overrides, verbose)
+    started = time.perf_counter()
+    from flows.retrain import retrain
+
+    result: dict[str, Any] = retrain(  # type: ignore[assignment]
+        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed
+    )
+    if result.get("skipped"):
+        echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
+        return
+    _print_run_report(params, result, time.perf_counter() - started)
+
+
+def _print_run_report(params: Params, result: dict[str, Any], seconds: float) -> None:
+    states, res = result["states"], result["results"]
+    cached = [s for s, state in states.items() if state == "Cached"]
+    ev, reg, tr, ex = res["evaluate"], res["register"], res["train"], res["export"]
+    clean = res["clean"]
+    echo("")
+    echo(f"nlpops run finished in {seconds:.1f} s" + (f" (cached stages: {', '.join(cached)})" if cached else ""))
+    echo(f"  data      {params.data.path}: {clean.get('rows_in')} rows in, splits {clean.get('splits')}")
+    echo(f"  training  best epoch {tr['best_epoch']}/{tr['epochs_run']}, {tr['train_seconds']} s, run {tr['run_id']}")
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
+    echo(f"  test      {shown}  ({ev['test_rows']} rows)")
+    gate = reg.get("gate") or ev["gate"]  # the final decision (with parity and latency) is made at register
+    echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate.get("reasons") or []))
+    echo(f"  onnx      {ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})")
+    aliases = f"'{params.register_.challenger_alias}'"
+    if reg["promoted"]:
+        aliases += f" and '{params.register_.champion_alias}'"
+    champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
+    echo(f"  registry  {reg['name']} v{reg['version']} alias {aliases}; {champion}")
+    from pipelines.tracking import tracking_uri
+
+    echo(f"  tracking  {tracking_uri(params)}")
+    if "dvc" in res:
+        echo(f"  dvc       {res['dvc']}")
+
+
+def predict(
+    text: str | None = typer.Argument(None, help="Input text; omit to read one input per line from --file or stdin."),
+    pair: str | None = typer.Option(None, "--pair", help="Second text, for sentence-pair models."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="File with one input per line (TAB separates a pair)."),
+    alias: str = typer.Option("champion", "--alias", help="Registry alias to load."),
+    version: str | None = typer.Option(None, "--version", help="Registered version (overrides --alias)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
+    model: str | None = ModelOpt,
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Predict with a registered model's ONNX runtime (the champion by default), whatever its task."""
+    from pipelines.predict import load_registered_runtime, split_pairs
+
+    params = setup(params_file, overrides, verbose, model)
+    if text is not None:
+        items: list[Any] = [(text, pair)] if pair is not None else [text]
+    else:
+        source = file.read_text(encoding="utf-8") if file else sys.stdin.read()
+        items = split_pairs([line for line in source.splitlines() if line.strip()])
+    if not items:
+        raise NlpopsError("predict: no input given (pass TEXT, --file or lines on stdin)")
+    runtime, label = load_registered_runtime(params, alias=alias, version=version)
+    try:
+        results = runtime.predict(items)
+    except ValueError as exc:
+        raise NlpopsError(f"predict: {exc}") from None
+    for item, result in zip(items, results, strict=True):
+        if as_json:
+            echo(json.dumps({"input": item, **result, "model": label}, default=str))
+        else:
+            echo(runtime.format_result(result))
+
+
+@data_app.command("add")
+def data_add(
+    path: Path = typer.Argument(..., help="Data file to version."),
+    dest: Path = typer.Option(Path("data/raw"), "--dest", help="Folder inside the repo."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Copy a data file into data/raw/ and version it with DVC."""
+    state.verbose = verbose
+    from pipelines.dvc_sync import add_data
+
+    out = add_data(path, dest)
+    echo(f"{out} is now tracked by DVC ({out}.dvc); commit the .dvc file with git")
+
+
+def dag_command(
+    write_dvc: bool = typer.Option(False, "--write-dvc", help="Write dvc.yaml generated from the stage table."),
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Print the stage table (stages, params sections, inputs, outputs); --write-dvc regenerates dvc.yaml."""
+    from pipelines.config import load_params
+    from pipelines.dag import STAGES, render_dvc_yaml
+
+    state.verbose = verbose
+    params = load_params(params_file)
+    if write_dvc:
+        Path("dvc.yaml").write_text(render_dvc_yaml(params), encoding="utf-8")
+        echo("dvc.yaml written from pipelines/dag.py")
+        return
+    for name, spec in STAGES.items():
+        echo(f"{name:<9} params {', '.join(spec.params)}; code {', '.join(spec.code_modules(params))}")
+
+
+def add_commands(app: typer.Typer) -> None:
+    for stage in STAGE_ORDER:
+        app.command(stage, help=STAGE_HELP.get(stage))(_stage_command(stage))
+    app.command("run")(run_flow)
+    app.command("predict")(predict)
+    app.command("dag")(dag_command)
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,43 @@
+"""export: the task's ONNX graph, its parity on real test inputs and its batch-1 latency through the runtime."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.errors import ParityError, StageInputError
+from pipelines.paths import StagePaths
+from pipelines.stages.common import read_json
+
+
+def run_export(params: Params) -> dict[str, Any]:
+    from pipelines.export_onnx import export_onnx
+    from pipelines.tasks.catalog import get_task
+    from pipelines.tracking import configure_tracking
+
+    paths = StagePaths.from_params(params)
+    train_summary = read_json(paths.train_summary, "train")
+    if not (paths.model_dir / "config.json").is_file():
+        raise StageInputError(f"{paths.model_dir}: no trained model; run `nlpops train` first")
+    configure_tracking(params)
+    try:
+        result = export_onnx(
+            paths.model_dir, paths.clean_split("test"), paths.export_dir, params.export, get_task(params)
+        )
+    except ParityError:
+        _log_parity(train_summary["run_id"], paths, passed=False)
+        raise
+    _log_parity(train_summary["run_id"], paths, passed=True)
+    return result
+
+
+def _log_parity(run_id: str, paths: StagePaths, passed: bool) -> None:
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tag("onnx.parity_passed", str(passed).lower())
+        if paths.parity_report.is_file():
+            parity = json.loads(paths.parity_report.read_text())
+            mlflow.log_metric("onnx_max_abs_diff", float(parity.get("max_abs_diff", float("nan"))))
+            mlflow.log_artifact(str(paths.parity_report), artifact_path="export")

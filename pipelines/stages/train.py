@@ -1,0 +1,75 @@
+"""train: fine-tune in an MLflow run (new, or the one given); logs params, lineage, per-epoch metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.paths import StagePaths
+from pipelines.stages.common import label_map, lineage_tags, log_data_quality, read_json, write_json
+
+
+def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
+    import mlflow
+    import pandas as pd
+
+    from pipelines.pretrained import resolve_model_path
+    from pipelines.tasks.catalog import get_task
+    from pipelines.tracking import configure_tracking, flatten
+    from pipelines.train import train_model
+
+    paths = StagePaths.from_params(params)
+    manifest = read_json(paths.tokenised_dir / "manifest.json", "tokenise")
+    id2label = label_map(paths)
+    model_path = resolve_model_path(params.model)
+    task = get_task(params)
+    val_frame = pd.read_parquet(paths.clean_split("validation"))
+    configure_tracking(params)
+    tags = lineage_tags(params, paths)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "train") as run:
+        mlflow.log_params(flatten("", params.to_dict()))
+        mlflow.set_tags({**tags, "model.base": str(model_path)})
+        for report in (paths.validation_report, paths.clean_summary, paths.label_map):
+            if report.is_file():
+                mlflow.log_artifact(str(report), artifact_path="data")
+        log_data_quality(params, paths)
+        mlflow.log_dict(manifest, "data/tokenise_manifest.json")
+
+        def log_epoch(epoch: int, record: dict[str, float]) -> None:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+        summary = train_model(
+            paths.tokenised_dir,
+            id2label,
+            model_path,
+            paths.model_dir,
+            params.train,
+            params.model,
+            task,
+            manifest["pad_token_id"],
+            on_epoch_end=log_epoch,
+            checkpoint_dir=paths.checkpoint_dir,
+            val_frame=val_frame,
+            metric=params.stopping_metric,
+        )
+        summary["run_id"] = run.info.run_id
+        summary["base_model"] = str(model_path)
+        mlflow.log_metrics(
+            {
+                "best_epoch": summary["best_epoch"],
+                "epochs_run": summary["epochs_run"],
+                "train_seconds": summary["train_seconds"],
+                "trainable_params": summary["trainable_params"],
+            }
+        )
+        if summary.get("recipe"):
+            mlflow.set_tags(
+                {
+                    "train.recipe": str(summary["recipe"]),
+                    "train.recipe_reason": str(summary.get("recipe_reason", ""))[:4000],
+                }
+            )
+        write_json(paths.train_history, {"history": summary["history"]})
+        write_json(paths.train_summary, summary)
+        mlflow.log_artifact(str(paths.train_history), artifact_path="train")
+    return summary

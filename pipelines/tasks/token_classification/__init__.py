@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipelines.schema import Section
+from pipelines.tasks.catalog import TaskSpec
 
 
 class Options(Section):
@@ -41,10 +42,6 @@ class Options(Section):
     min_tokens: int = Field(1, ge=0, description="Validation: fewest words a sentence may have.")
     max_tokens: int | None = Field(None, ge=1, description="Validation: most words a sentence may have; empty = any.")
 
-
-# Imported after Options on purpose: catalog builds the task union from every task's Options when it is first
-# imported, so a program whose first import is this package must have Options defined before catalog loads.
-from pipelines.tasks.catalog import TaskSpec  # noqa: E402
 
 SPEC = TaskSpec(
     name="token_classification",

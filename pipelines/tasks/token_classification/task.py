@@ -135,28 +135,24 @@ class TokenClassification(Task):
         the mean cross-entropy over the labelled tokens (NaN without labels)."""
         import torch
 
+        from pipelines.train import feature_batches
+
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         fallback = names.index(OUTSIDE) if OUTSIDE in names else 0
-        n = len(rows["input_ids"])
-        logits_out: list[np.ndarray] = []
+        logits_out: list[np.ndarray] = [np.zeros((0, len(names)), dtype=np.float32)] * len(rows["input_ids"])
         loss_sum, loss_tokens = 0.0, 0
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                chunk = {k: v[start : start + batch_size] for k, v in rows.items()}
-                batch = self.collate(chunk, pad_token_id)
-                labels = batch.pop("labels", None)
-                logits = model(**batch).logits.float()
-                if labels is not None:
-                    mask = labels != IGNORE
-                    if mask.any():
-                        loss_sum += float(
-                            torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
-                        )
-                        loss_tokens += int(mask.sum())
-                lengths = batch["attention_mask"].sum(dim=1).tolist()
-                arr = logits.numpy()
-                logits_out.extend(arr[i, : lengths[i]] for i in range(len(lengths)))
+        for idx, batch, outputs in feature_batches(model, self, rows, batch_size, pad_token_id):
+            logits = outputs.logits.float()
+            labels = batch.get("labels")
+            if labels is not None:
+                mask = labels != IGNORE
+                if mask.any():
+                    loss_sum += float(torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum"))
+                    loss_tokens += int(mask.sum())
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            arr = logits.numpy()
+            for k, i in enumerate(idx):
+                logits_out[i] = arr[k, : lengths[k]]
         n_words = [len(t) for t in frame["tokens"]]
         preds, scores = merge_windows(
             [list(w) for w in rows["word_ids"]], list(rows["example_id"]), logits_out, n_words, fallback

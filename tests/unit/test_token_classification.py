@@ -449,6 +449,8 @@ def test_runtime_entity_character_spans(tmp_path: Path) -> None:
     (r,) = runtime.predict([long_words])
     assert r["tags"][0] == "B-PER" and r["tags"][-1] == "B-LOC" and len(r["tags"]) == len(long_words)
     assert r["entities"][-1]["text"] == "Paris"
+    assert runtime.format_result(result).startswith('PER "Angela  Merkel" 0:14 0.')
+    assert '; LOC "Paris" 23:28 0.' in runtime.format_result(result)
     items = runtime.items_from_frame(pd.DataFrame({"text": ["a b", "c"]}))
     assert items == ["a b", "c"] and runtime.items_from_frame("x") == ["x"]
     assert runtime.items_from_frame(pd.DataFrame({"tokens": [["a", "b"]]})) == [["a", "b"]]

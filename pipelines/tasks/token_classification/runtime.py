@@ -10,6 +10,7 @@ scheme none (POS-style tags) `entities` is empty.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipelines.serving import OnnxRuntimeModel
@@ -96,6 +97,18 @@ class OnnxTokenClassifier(OnnxRuntimeModel):
             entities = decode_entities(text, tags, spans, scores) if self.scheme == "IOB2" else []
             results.append({"entities": entities, "tags": tags, "words": words, "scores": scores})
         return results
+
+    def format_result(self, result: dict[str, Any]) -> str:
+        """One line for `nlpops predict`: `PER "Angela Merkel" 0:13 0.9812; LOC "Paris" 22:27 0.9901` (IOB2), or
+        `word/TAG ...` with scheme none."""
+        if self.scheme != "IOB2":
+            return " ".join(f"{w}/{t}" for w, t in zip(result["words"], result["tags"], strict=True))
+        if not result["entities"]:
+            return "(no entities)"
+        return "; ".join(
+            f"{e['type']} {json.dumps(e['text'], ensure_ascii=False)} {e['start']}:{e['end']} {e['score']:.4f}"
+            for e in result["entities"]
+        )
 
     def items_from_frame(self, model_input: Any) -> list[Any]:
         """A DataFrame with a `text` (strings) or `tokens` (lists of words) column, a list of items, or a string."""

@@ -21,6 +21,7 @@ from pipelines.dag import STAGE_ORDER, stage_fingerprint, stage_outputs_exist
 from pipelines.dag import run_stage as run_stage_of_table
 from pipelines.errors import NlpopsError, ServiceError
 from pipelines.paths import StagePaths
+from pipelines.redact import install_log_redaction
 
 # Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
 RETRIES = {"register": 3, "evaluate": 2}
@@ -123,6 +124,7 @@ def retrain(
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
     """
+    install_log_redaction()  # a worker runs this flow without the CLI's set-up
     params = load_params(params_file, overrides or [])
     params_data = params.to_dict()
     if skip_if_unchanged:

@@ -25,6 +25,7 @@ from typing import Any
 from pipelines.config import stable_hash
 from pipelines.errors import RegistryError
 from pipelines.hashing import file_digest, file_md5
+from pipelines.redact import redact_settings
 
 VERIFIED, CHANGED, MISSING, RECORDED = "verified", "changed", "missing", "recorded"
 
@@ -102,15 +103,17 @@ def build_lineage(name: str, ref: str, verify: bool = False, root: str | Path = 
             _history(name, version, alias_history, aliases),
         ]
     counts = {s: sum(1 for link in links if link.status == s) for s in (VERIFIED, CHANGED, MISSING, RECORDED)}
-    return {
-        "model": name,
-        "version": version,
-        "aliases": aliases,
-        "verified": verify,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "summary": counts,
-        "links": [asdict(link) for link in links],
-    }
+    return redact_settings(
+        {  # runs logged before credentials were refused may still hold one
+            "model": name,
+            "version": version,
+            "aliases": aliases,
+            "verified": verify,
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "summary": counts,
+            "links": [asdict(link) for link in links],
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the links

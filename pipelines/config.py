@@ -13,6 +13,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.redact import refuse_embedded_credentials
 from pipelines.schema import Section, stable_hash
 from pipelines.tasks.catalog import TaskConfig, all_formats, task_metric_names, task_names, task_spec
 
@@ -209,6 +210,25 @@ class RegisterConfig(Section):
     lock_timeout_s: float = Field(300.0, gt=0.0, description="Give up waiting for the promotion lock after this.")
 
 
+# Settings that may point at a credential-protected service. They are left out of every params hash (so a moved
+# lock server is no reason to retrain) and out of dvc.yaml's params (so dvc.lock never records them); a password
+# in them is refused with this advice (pipelines/redact.py). README: Credentials.
+SECRET_SETTINGS: dict[str, str] = {
+    "register.lock_url": "set NLPOPS_LOCK_URL instead, or keep register.lock_url password-less and put the password "
+    "in PGPASSWORD or ~/.pgpass",
+}
+
+
+def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """params as plain data minus SECRET_SETTINGS: what the params hashes cover."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted in SECRET_SETTINGS:
+        section, key = dotted.split(".", 1)
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
 class Params(Section):
     project: ProjectConfig = ProjectConfig()
     data: DataConfig
@@ -261,8 +281,8 @@ class Params(Section):
         return self.train.early_stopping_metric or task_metric_names(self.task.type)[0]
 
     def section(self, name: str) -> dict[str, Any]:
-        """One params section as plain data (what a stage depends on)."""
-        return self.to_dict()[name]
+        """One params section as plain data (what a stage depends on; SECRET_SETTINGS left out)."""
+        return without_secrets(self.to_dict())[name]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -271,7 +291,7 @@ class Params(Section):
         return stable_hash({n: self.section(n) for n in names})
 
     def params_hash(self) -> str:
-        return stable_hash(self.to_dict())
+        return stable_hash(without_secrets(self.to_dict()))
 
 
 def _default_task() -> Any:
@@ -348,6 +368,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | N
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    refuse_embedded_credentials(data, str(path), SECRET_SETTINGS)  # before anything is run or logged
+    refuse_embedded_credentials(apply_overrides({}, overrides or []), "--set", SECRET_SETTINGS)
     data = apply_overrides(data, overrides or [])
     try:
         return Params.model_validate(data)

@@ -214,6 +214,18 @@ def _code_files(modules: tuple[str, ...]) -> list[str]:
     return files
 
 
+def dvc_params(section: str) -> list[str]:
+    """How dvc.yaml lists a params section: whole, or key by key without its secret-bearing settings, so dvc.lock
+    (committed to git) never records a credential (config.SECRET_SETTINGS)."""
+    from pipelines.config import SECRET_SETTINGS
+
+    if not any(s.startswith(f"{section}.") for s in SECRET_SETTINGS):
+        return [section]
+    fields = {name.rstrip("_"): f for name, f in Params.model_fields.items()}
+    keys = fields[section].annotation.model_fields  # type: ignore[union-attr]
+    return [f"{section}.{k}" for k in keys if f"{section}.{k}" not in SECRET_SETTINGS]
+
+
 def render_dvc_yaml(params: Params) -> str:
     """dvc.yaml for the stage table: ${project.artifacts_dir} and ${data.path} templated from params.yaml."""
     import yaml
@@ -241,7 +253,12 @@ def render_dvc_yaml(params: Params) -> str:
             if text in metrics or text in plots:
                 continue
             outs.append({text: {"cache": False}} if text in uncached else text)
-        stage: dict[str, Any] = {"cmd": f"nlpops {name}", "deps": deps, "params": list(spec.params), "outs": outs}
+        stage: dict[str, Any] = {
+            "cmd": f"nlpops {name}",
+            "deps": deps,
+            "params": [key for section in spec.params for key in dvc_params(section)],
+            "outs": outs,
+        }
         if metrics:
             stage["metrics"] = [{m: {"cache": False}} for m in metrics]
         if plots:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import RegistryError
+from pipelines.redact import redact_text, redact_url
 
 LOCK_URL_ENV = "NLPOPS_LOCK_URL"
 _POLL_S = 0.05
@@ -68,10 +69,6 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
 @contextlib.contextmanager
 def postgres_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
     try:
@@ -82,7 +79,7 @@ def postgres_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=10)
     except psycopg2.Error as exc:
-        raise RegistryError(f"promotion lock: cannot connect to {_redact(url)}: {str(exc).strip()}") from None
+        raise RegistryError(redact_text(f"promotion lock: cannot connect to {url}: {str(exc).strip()}")) from None
     conn.autocommit = True
     deadline = time.monotonic() + timeout_s
     try:
@@ -93,7 +90,7 @@ def postgres_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
                     break
                 if time.monotonic() > deadline:
                     raise RegistryError(
-                        f"promotion lock on {_redact(url)}: held by another promotion for over {timeout_s:g} s"
+                        f"promotion lock on {redact_url(url)}: held by another promotion for over {timeout_s:g} s"
                     )
                 time.sleep(_POLL_S)
         try:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.errors import ServiceError, first_line
+from pipelines.redact import redact_settings, redact_text
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 STATE_FILE = "services.json"
@@ -74,7 +75,9 @@ class ServicesConfig:
 
 
 def _postgres_error(cfg: ServicesConfig, exc: Exception) -> ServiceError:
-    return ServiceError(f"PostgreSQL at {cfg.postgres_url} refused: {first_line(exc)} (set NLPOPS_POSTGRES_URL)")
+    return ServiceError(
+        redact_text(f"PostgreSQL at {cfg.postgres_url} refused: {first_line(exc)} (set NLPOPS_POSTGRES_URL)")
+    )
 
 
 @contextlib.contextmanager
@@ -127,7 +130,6 @@ def _commands(cfg: ServicesConfig) -> dict[str, tuple[list[str], dict[str, str]]
     artifacts = cfg.run_dir / "mlartifacts"
     mlflow_cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", cfg.database_url(cfg.mlflow_db, "psycopg2"),
         "--artifacts-destination", artifacts.as_uri(),
         "--serve-artifacts",
         "--host", cfg.host, "--port", str(cfg.mlflow_port),
@@ -146,7 +148,11 @@ def _commands(cfg: ServicesConfig) -> dict[str, tuple[list[str], dict[str, str]]
     }
     # MLflow 3 starts a job runner and seven Huey consumers (GenAI scorer jobs nlpops never submits): eight
     # more Python processes, about 1.3 GB, each importing MLflow at start-up. Off unless the user says so.
-    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    mlflow_env = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+        # --backend-store-uri by environment: a password in it stays out of `ps` and the process list.
+        "MLFLOW_BACKEND_STORE_URI": cfg.database_url(cfg.mlflow_db, "psycopg2"),
+    }
     return {"mlflow": (mlflow_cmd, mlflow_env), "prefect": (prefect_cmd, prefect_env)}
 
 
@@ -185,7 +191,8 @@ def services_up(cfg: ServicesConfig, timeout: float = 180.0) -> dict[str, Any]:
     ensure_writable_dir(cfg.run_dir, "services dir")
     created = {db: ensure_database(cfg, db) for db in (cfg.mlflow_db, cfg.prefect_db)}
     state = read_state(cfg)
-    state.update({"config": {k: str(v) for k, v in asdict(cfg).items()}, "databases_created": created})
+    config = redact_settings({k: str(v) for k, v in asdict(cfg).items()})
+    state.update({"config": config, "databases_created": created})
     procs: dict[str, subprocess.Popen] = {}
     urls = health_urls(cfg)
     for name, (cmd, extra_env) in _commands(cfg).items():
@@ -207,7 +214,8 @@ def services_up(cfg: ServicesConfig, timeout: float = 180.0) -> dict[str, Any]:
                 services_down(cfg)
                 why = f"exited with code {proc.returncode}" if proc.poll() is not None else f"not healthy in {timeout}s"
                 raise ServiceError(
-                    f"{name} server {why}; log {state[name]['log']}:\n{_log_tail(Path(state[name]['log']))}"
+                    f"{name} server {why}; log {state[name]['log']}:\n"
+                    + redact_text(_log_tail(Path(state[name]["log"])))
                 )
             time.sleep(0.5)
     state["mlflow_url"], state["prefect_api_url"] = cfg.mlflow_url, cfg.prefect_api_url

@@ -96,10 +96,11 @@ def configure_tracking(params: Params) -> str:
         if not is_unreachable(exc):
             raise
         from pipelines.errors import ServiceError
+        from pipelines.redact import redact_url
 
         retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         raise ServiceError(
-            f"MLflow tracking server {uri} unreachable after {retries} retries with backoff; start it "
+            f"MLflow tracking server {redact_url(uri)} unreachable after {retries} retries with backoff; start it "
             "(`nlpops services up`) or fix MLFLOW_TRACKING_URI. Nothing was logged or registered."
         ) from None
     if experiment is None:

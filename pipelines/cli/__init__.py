@@ -28,10 +28,12 @@ ops.add_commands(app)
 
 
 def main() -> None:
+    from pipelines.redact import redact_text
+
     try:
         result = app(standalone_mode=False)
     except NlpopsError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -48,9 +50,15 @@ def main() -> None:
             sys.exit(1)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if state.verbose:
-            raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details)", err=True)
+        if state.verbose:  # the full traceback, credentials hidden
+            import traceback
+
+            typer.echo(redact_text(traceback.format_exc()).rstrip("\n"), err=True)
+            sys.exit(1)
+        typer.echo(
+            f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))} (rerun with --verbose for details)",
+            err=True,
+        )
         sys.exit(1)
     # standalone_mode=False returns a command's typer.Exit code instead of exiting with it: pass it on
     if isinstance(result, int) and result:

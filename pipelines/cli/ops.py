@@ -7,7 +7,8 @@ import os
 import typer
 
 from pipelines.cli.options import ParamsOpt, SetOpt, VerboseOpt, setup
-from pipelines.errors import ServiceError
+from pipelines.errors import ConfigError, ServiceError
+from pipelines.redact import embedded_credential, redact_text
 
 services_app = typer.Typer(help="Local MLflow and Prefect servers on PostgreSQL.", no_args_is_help=True)
 
@@ -40,6 +41,11 @@ def services_up_cmd(
     """Create the databases if needed, start MLflow and Prefect servers, wait until healthy, print URLs."""
     from pipelines.services import client_env, services_up
 
+    if postgres_url and embedded_credential(postgres_url):  # a command line ends up in shell history and `ps`
+        raise ConfigError(
+            f"--postgres-url {redact_text(postgres_url)}: holds a password; put it in PGPASSWORD or ~/.pgpass, "
+            "or give the whole URL in NLPOPS_POSTGRES_URL"
+        )
     cfg = _config(
         params_file,
         overrides,
@@ -122,7 +128,9 @@ def schedule(
     from flows.deploy import FLOW_NAME, build_deployment, deploy_to_work_pool, serve_deployment, validate_cron
 
     validate_cron(cron, timezone)
-    where = f"{os.environ['PREFECT_API_URL']}, MLflow {os.environ.get('MLFLOW_TRACKING_URI', 'local sqlite')}"
+    where = redact_text(
+        f"{os.environ['PREFECT_API_URL']}, MLflow {os.environ.get('MLFLOW_TRACKING_URI', 'local sqlite')}"
+    )
     if work_pool:
         deployment_id = deploy_to_work_pool(work_pool, cron, name, params_file, timezone)
         typer.echo(
@@ -140,7 +148,7 @@ def changes(params_file: str = ParamsOpt, overrides: list[str] = SetOpt, verbose
     from pipelines.changes import detect_changes
 
     report = detect_changes(setup(params_file, overrides, verbose))
-    typer.echo(report.summary)
+    typer.echo(redact_text(report.summary))
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -34,6 +34,9 @@ def echo(text: str = "") -> None:
 def setup(params_file: str, overrides: list[str] | None, verbose: bool, model: str | None = None) -> Params:
     """Load params (+ --set, + --model), make the state dir, and keep Prefect/MLflow/GE quiet and offline."""
     state.verbose = verbose
+    from pipelines.redact import install_log_redaction
+
+    install_log_redaction()  # every log record from here on, any library, any level: credentials hidden
     extra = [f"project.registered_model={model}"] if model else []
     params = load_params(params_file, [*(overrides or []), *extra])
     state_dir = Path(params.project.state_dir).resolve()

@@ -17,6 +17,7 @@ import typer
 from pipelines.cli.options import JsonOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, setup
 from pipelines.config import Params
 from pipelines.errors import NlpopsError, RegistryError, first_line
+from pipelines.redact import redact_text
 
 models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
 
@@ -43,7 +44,7 @@ def _registry(params: Params) -> Iterator[None]:
 
         if isinstance(exc, MlflowException) or is_unreachable(exc):  # API errors too: nothing was changed
             raise RegistryError(
-                f"registry at {tracking_uri(params)}: {first_line(exc, 300)}; nothing was changed"
+                redact_text(f"registry at {tracking_uri(params)}: {first_line(exc, 300)}; nothing was changed")
             ) from None
         raise
 

@@ -19,8 +19,10 @@ data_app = typer.Typer(help="Bring data in under DVC.", no_args_is_help=True)
 
 
 def _print_summary(stage: str, summary: dict[str, Any]) -> None:
+    from pipelines.redact import redact_settings
+
     shown = {k: v for k, v in summary.items() if k not in ("history",)}
-    echo(f"{stage}: " + json.dumps(shown, default=str, indent=None)[:2000])
+    echo(f"{stage}: " + json.dumps(redact_settings(shown), default=str, indent=None)[:2000])
 
 
 def _stage_command(stage: str):
@@ -90,9 +92,10 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
         aliases += f" and '{params.register_.champion_alias}'"
     champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
     echo(f"  registry  {reg['name']} v{reg['version']} alias {aliases}; {champion}")
+    from pipelines.redact import redact_url
     from pipelines.tracking import tracking_uri
 
-    echo(f"  tracking  {tracking_uri(params)}")
+    echo(f"  tracking  {redact_url(tracking_uri(params))}")
     if "dvc" in res:
         echo(f"  dvc       {res['dvc']}")
 

@@ -10,6 +10,7 @@ from pipelines.config import Params
 from pipelines.errors import StageInputError
 from pipelines.hashing import file_digest
 from pipelines.paths import StagePaths
+from pipelines.redact import redact_settings, redact_text
 from pipelines.schema import stable_hash
 
 
@@ -44,7 +45,7 @@ def record_failed_run(
 
     configure_tracking(params)
     with mlflow.start_run(run_name=f"failed-{stage}"):
-        mlflow.set_tags({"nlpops.failed_stage": stage, "nlpops.error": message[:4000]})
+        mlflow.set_tags({"nlpops.failed_stage": stage, "nlpops.error": redact_text(message)[:4000]})
         if report and Path(report).is_file():
             mlflow.log_artifact(report, artifact_path=stage)
         for path in extra or []:
@@ -104,4 +105,4 @@ def lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
             tags[f"data.{role}_path"] = str(path)
             tags[f"data.{role}_md5"] = str(extra.get("md5"))
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
-    return tags
+    return redact_settings(tags)  # these go on the run and on the registered version

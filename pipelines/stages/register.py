@@ -10,6 +10,7 @@ from pipelines.config import Params
 from pipelines.errors import ParityError
 from pipelines.hashing import file_digest
 from pipelines.paths import StagePaths
+from pipelines.redact import redact_text
 from pipelines.stages.common import lineage_tags, read_json, write_json
 from pipelines.stages.evaluate import champion_reference
 
@@ -21,8 +22,11 @@ def _raise_if_registry_unreachable(params: Params, exc: Exception) -> None:
 
     if not isinstance(exc, NlpopsError) and is_unreachable(exc):
         raise ServiceError(
-            f"registry at {tracking_uri(params)} unreachable during registration ({first_line(exc, 200)}); aliases "
-            "were not moved; rerun `nlpops register` to finish (it reuses this run's version, never a second one)"
+            redact_text(
+                f"registry at {tracking_uri(params)} unreachable during registration ({first_line(exc, 200)}); "
+                "aliases were not moved; rerun `nlpops register` to finish (it reuses this run's version, never a "
+                "second one)"
+            )
         ) from None
 
 

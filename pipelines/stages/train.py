@@ -6,6 +6,7 @@ from typing import Any
 
 from pipelines.config import Params
 from pipelines.paths import StagePaths
+from pipelines.redact import redact_settings
 from pipelines.stages.common import label_map, lineage_tags, log_data_quality, read_json, write_json
 
 
@@ -27,8 +28,8 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
     configure_tracking(params)
     tags = lineage_tags(params, paths)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "train") as run:
-        mlflow.log_params(flatten("", params.to_dict()))
-        mlflow.set_tags({**tags, "model.base": str(model_path)})
+        mlflow.log_params(redact_settings(flatten("", params.to_dict())))
+        mlflow.set_tags(redact_settings({**tags, "model.base": str(model_path)}))
         for report in (paths.validation_report, paths.clean_summary, paths.label_map):
             if report.is_file():
                 mlflow.log_artifact(str(report), artifact_path="data")

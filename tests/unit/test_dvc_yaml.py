@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import load_params
-from pipelines.dag import STAGE_ORDER, STAGES, render_dvc_yaml
+from pipelines.config import SECRET_SETTINGS, load_params
+from pipelines.dag import STAGE_ORDER, STAGES, dvc_params, render_dvc_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_dvc_yaml_declares_every_stage_with_its_params_and_outputs() -> None:
     assert list(dvc) == list(STAGE_ORDER)
     for name, spec in STAGES.items():
         assert dvc[name]["cmd"] == f"nlpops {name}"
-        assert tuple(dvc[name]["params"]) == spec.params
+        assert dvc[name]["params"] == [key for section in spec.params for key in dvc_params(section)]
         for dep in dvc[name]["deps"]:
             if dep.startswith("pipelines"):
                 assert (REPO / dep).exists(), f"{name}: code dep {dep} does not exist"
@@ -51,3 +51,12 @@ def test_every_stage_code_module_is_importable() -> None:
         for module in spec.code_modules(None):
             importlib.import_module(module)
         assert callable(spec.function())
+
+
+def test_dvc_lock_never_records_a_secret_bearing_setting() -> None:
+    listed = {
+        p for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values() for p in stage["params"]
+    }
+    assert "register.lock_url" in SECRET_SETTINGS
+    for secret in SECRET_SETTINGS:
+        assert secret not in listed and secret.split(".")[0] not in listed, secret

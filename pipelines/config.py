@@ -121,6 +121,11 @@ class CleanConfig(Section):
         description="Stop the run when more than this share of rows is quarantined (empty text, missing or "
         "unknown label, conflicting labels); quarantined rows are kept in artifacts/clean/quarantine.parquet.",
     )
+    repair_iob: bool = Field(
+        False,
+        description="Token classification: rewrite an I-X after O / B-Y / I-Y (or first in a sentence) as B-X, "
+        "counted in summary.json (iob_repaired); false = such sentences are quarantined.",
+    )
     validation_size: float = Field(0.1, gt=0.0, lt=0.5)
     test_size: float = Field(0.1, gt=0.0, lt=0.5)
     seed: int = 42

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # task.type -> module. The first entry is the default task.
 TASKS: dict[str, str] = {
     "text_classification": "pipelines.tasks.text_classification",
-    # "token_classification": "pipelines.tasks.token_classification",
+    "token_classification": "pipelines.tasks.token_classification",
 }
 
 

@@ -118,6 +118,7 @@ def retrain(
     overrides: list[str] | None = None,
     sync_dvc: bool = True,
     skip_if_unchanged: bool = False,
+    experiment: str | None = None,
 ) -> Any:
     """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register.
 
@@ -125,7 +126,7 @@ def retrain(
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
     """
     install_log_redaction()  # a worker runs this flow without the CLI's set-up
-    params = load_params(params_file, overrides or [])
+    params = load_params(params_file, overrides or [], experiment)
     params_data = params.to_dict()
     if skip_if_unchanged:
         changes = check_changes(params_data)
@@ -150,6 +151,7 @@ def retrain(
         results[stage] = state.result()  # re-raises the stage's own error
     # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock
     # so a following `dvc repro` has nothing to do. Not with --set overrides: those are not in params.yaml.
-    if sync_dvc and not overrides and Path(params_file).resolve() == Path(DEFAULT_PARAMS_FILE).resolve():
+    plain = not overrides and not experiment
+    if sync_dvc and plain and Path(params_file).resolve() == Path(DEFAULT_PARAMS_FILE).resolve():
         results["dvc"] = sync_dvc_lock()
     return {"states": states, "results": results}

@@ -395,11 +395,7 @@ def _describe(err: dict[str, Any], params_file: str) -> str:
     return f"{params_file}: {loc}={err.get('input')!r}: {err['msg']}"
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> Params:
-    """Read, override and validate params; raises ConfigError with one readable line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -407,6 +403,48 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | N
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     refuse_embedded_credentials(data, str(path), SECRET_SETTINGS)  # before anything is run or logged
+    return data
+
+
+def experiment_file(params_file: str | Path, name: str) -> Path:
+    """experiments/<name>.yaml next to the params file."""
+    return Path(params_file).parent / "experiments" / f"{name}.yaml"
+
+
+def overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """params with an experiment's sections laid over them key by key; a `task` of another type replaces the
+    whole section (each task type has its own keys)."""
+    out = dict(base)
+    for section, values in changes.items():
+        same_task = section == "task" and (base.get("task") or {}).get("type") == (values or {}).get("type")
+        if isinstance(values, dict) and isinstance(base.get(section), dict) and (section != "task" or same_task):
+            out[section] = {**base[section], **values}
+        else:
+            out[section] = values
+    return out
+
+
+def available_experiments(params_file: str | Path = DEFAULT_PARAMS_FILE) -> list[str]:
+    folder = Path(params_file).parent / "experiments"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_params(
+    path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None, experiment: str | None = None
+) -> Params:
+    """Read params.yaml, lay the named experiment over it, apply --set overrides, validate; raises ConfigError
+    with one readable line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    data = _read_yaml_mapping(path)
+    if experiment:
+        file = experiment_file(path, experiment)
+        if not file.is_file():
+            known = ", ".join(available_experiments(path)) or "none yet"
+            raise ConfigError(f"experiment {experiment!r}: no file {file} (experiments: {known})")
+        data = overlay(data, _read_yaml_mapping(file))
+        path = file  # errors name the file that set the value last
     refuse_embedded_credentials(apply_overrides({}, overrides or []), "--set", SECRET_SETTINGS)
     data = apply_overrides(data, overrides or [])
     try:

@@ -264,5 +264,5 @@ def render_dvc_yaml(params: Params) -> str:
         if plots:
             stage["plots"] = [{p: {"cache": False, **v}} for p, v in plots.items()]
         stages[name] = stage
-    plots = [{"training_curves": {"x": "epoch", "y": {f"{root}/train/history.json": ["train_loss", "val_loss"]}}}]
-    return _DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=120)
+    curves = [{"training_curves": {"x": "epoch", "y": {f"{root}/train/history.json": ["train_loss", "val_loss"]}}}]
+    return _DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": curves}, sort_keys=False, width=120)

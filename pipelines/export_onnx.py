@@ -140,7 +140,7 @@ def onnx_parity(
             max_diff = max(max_diff, float(np.abs(g.astype(np.float64) - e).max(initial=0.0)))
             if not np.isfinite(g).all():
                 max_diff = float("inf")
-        mismatches += task.outputs_agree(expected_np, got, feeds)
+        mismatches += task.outputs_disagree(expected_np, got, feeds)
         first = feeds[spec.input_names[0]]
         sizes.append(int(first.shape[0]))
         seq_lengths.append(int(first.shape[1]) if first.ndim > 1 else 1)

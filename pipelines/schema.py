@@ -16,6 +16,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TaskOptions(Section):
+    """Base of every task type's `task` section (each narrows `type` to its own Literal name)."""
+
+    type: str
+
+
 def stable_hash(obj: Any) -> str:
     """sha256 of canonical JSON: the same data always gives the same hash."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

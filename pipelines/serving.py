@@ -180,7 +180,7 @@ def read_serving_json(path: Path) -> dict[str, Any]:
     return serving
 
 
-def runtime_class(task: str) -> type:
+def runtime_class(task: str) -> Any:
     """The runtime class of a task type (TaskSpec.runtime, "module:Class")."""
     import importlib
 

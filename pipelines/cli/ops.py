@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from pipelines.cli.options import ParamsOpt, SetOpt, VerboseOpt, setup
+from pipelines.cli.options import ExperimentOpt, ParamsOpt, SetOpt, VerboseOpt, setup
 from pipelines.errors import ConfigError, ServiceError
 from pipelines.redact import embedded_credential, redact_text
 
@@ -21,10 +21,10 @@ MlflowPortOpt = typer.Option(None, "--mlflow-port", help="[env NLPOPS_MLFLOW_POR
 PrefectPortOpt = typer.Option(None, "--prefect-port", help="[env NLPOPS_PREFECT_PORT; 4200]")
 
 
-def _config(params_file: str, overrides: list[str] | None, verbose: bool, **ports):
+def _config(params_file: str, overrides: list[str] | None, verbose: bool, experiment: str | None = None, **ports):
     from pipelines.services import ServicesConfig
 
-    params = setup(params_file, overrides, verbose)
+    params = setup(params_file, overrides, verbose, experiment=experiment)
     return ServicesConfig.from_env(params.project.state_dir, **ports)
 
 
@@ -36,6 +36,7 @@ def services_up_cmd(
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Prefect UI."),
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Create the databases if needed, start MLflow and Prefect servers, wait until healthy, print URLs."""
@@ -50,6 +51,7 @@ def services_up_cmd(
         params_file,
         overrides,
         verbose,
+        experiment,
         postgres_url=postgres_url,
         mlflow_port=mlflow_port,
         prefect_port=prefect_port,
@@ -73,12 +75,13 @@ def services_down_cmd(
     prefect_port: int | None = PrefectPortOpt,
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Stop the servers `services up` started (the databases are kept)."""
     from pipelines.services import services_down
 
-    cfg = _config(params_file, overrides, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
+    cfg = _config(params_file, overrides, verbose, experiment, mlflow_port=mlflow_port, prefect_port=prefect_port)
     stopped = services_down(cfg)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
 
@@ -89,12 +92,13 @@ def services_status_cmd(
     prefect_port: int | None = PrefectPortOpt,
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Health of both servers; exit code 3 when one is down."""
     from pipelines.services import services_status
 
-    cfg = _config(params_file, overrides, verbose, mlflow_port=mlflow_port, prefect_port=prefect_port)
+    cfg = _config(params_file, overrides, verbose, experiment, mlflow_port=mlflow_port, prefect_port=prefect_port)
     status = services_status(cfg)
     for name, s in status.items():
         typer.echo(
@@ -114,13 +118,14 @@ def schedule(
     ),
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Deploy the retrain flow on a cron schedule; each run skips when nothing changed since the champion."""
     # Run logs (the change check's verdict) go to the Prefect server, where the UI shows them.
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO")
 
-    setup(params_file, overrides, verbose)
+    setup(params_file, overrides, verbose, experiment=experiment)
     if not os.environ.get("PREFECT_API_URL"):
         raise ServiceError(
             "PREFECT_API_URL is not set: a schedule needs a Prefect server (`nlpops services up` prints the exports)"
@@ -143,11 +148,16 @@ def schedule(
     serve_deployment(build_deployment(cron, name, params_file, timezone))
 
 
-def changes(params_file: str = ParamsOpt, overrides: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
+def changes(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
     """What changed since the champion was made (data md5, params hash, pipeline code); exit 0 either way."""
     from pipelines.changes import detect_changes
 
-    report = detect_changes(setup(params_file, overrides, verbose))
+    report = detect_changes(setup(params_file, overrides, verbose, experiment=experiment))
     typer.echo(redact_text(report.summary))
 
 

@@ -14,6 +14,9 @@ SetOpt = typer.Option(
     None, "--set", "-S", help="Override a param for this command, e.g. --set train.learning_rate=3e-5 (repeatable)."
 )
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show library logs and full tracebacks.")
+ExperimentOpt = typer.Option(
+    None, "--experiment", "-e", help="Named experiment: experiments/NAME.yaml laid over params.yaml (then --set)."
+)
 ModelOpt = typer.Option(
     None, "--model", "-m", help="Registered model name (default: project.registered_model of the params)."
 )
@@ -31,14 +34,20 @@ def echo(text: str = "") -> None:
     typer.echo(text)
 
 
-def setup(params_file: str, overrides: list[str] | None, verbose: bool, model: str | None = None) -> Params:
+def setup(
+    params_file: str,
+    overrides: list[str] | None,
+    verbose: bool,
+    model: str | None = None,
+    experiment: str | None = None,
+) -> Params:
     """Load params (+ --set, + --model), make the state dir, and keep Prefect/MLflow/GE quiet and offline."""
     state.verbose = verbose
     from pipelines.redact import install_log_redaction
 
     install_log_redaction()  # every log record from here on, any library, any level: credentials hidden
     extra = [f"project.registered_model={model}"] if model else []
-    params = load_params(params_file, [*(overrides or []), *extra])
+    params = load_params(params_file, [*(overrides or []), *extra], experiment)
     state_dir = Path(params.project.state_dir).resolve()
     from pipelines.statedir import ensure_writable_dir
 

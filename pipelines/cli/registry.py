@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from pipelines.cli.options import JsonOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, setup
+from pipelines.cli.options import ExperimentOpt, JsonOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, setup
 from pipelines.config import Params
 from pipelines.errors import NlpopsError, RegistryError, first_line
 from pipelines.redact import redact_text
@@ -25,8 +25,10 @@ ReasonOpt = typer.Option(None, "--reason", "-r", help="Why (required; recorded i
 HtmlOpt = typer.Option(None, "--html", help="Also write a one-page HTML audit report to this file.")
 
 
-def _params(params_file: str, overrides: list[str] | None, verbose: bool, model: str | None = None) -> Params:
-    return setup(params_file, overrides, verbose, model)
+def _params(
+    params_file: str, overrides: list[str] | None, verbose: bool, model: str | None, experiment: str | None
+) -> Params:
+    return setup(params_file, overrides, verbose, model, experiment)
 
 
 @contextlib.contextmanager
@@ -67,6 +69,7 @@ def _event_line(e: dict[str, Any]) -> str:
 def models_list(
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     model: str | None = ModelOpt,
     all_models: bool = typer.Option(False, "--all", help="Every registered model in the store, one line each."),
     as_json: bool = JsonOpt,
@@ -75,7 +78,7 @@ def models_list(
     """Registered versions: aliases, key metrics, gate result, registered and promoted when and by whom."""
     from pipelines.registry import list_models, list_versions
 
-    params = _params(params_file, overrides, verbose, model)
+    params = _params(params_file, overrides, verbose, model, experiment)
     if all_models:
         with _registry(params):
             models = list_models(params.register_.champion_alias)
@@ -113,6 +116,7 @@ def models_history(
     version: str | None = typer.Option(None, "--version", help="Only moves to or from this version."),
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     model: str | None = ModelOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
@@ -120,7 +124,7 @@ def models_history(
     """Every alias move: when, who, from which version to which, why (oldest first)."""
     from pipelines.registry import alias_history
 
-    params = _params(params_file, overrides, verbose, model)
+    params = _params(params_file, overrides, verbose, model, experiment)
     with _registry(params):
         events = alias_history(params.project.registered_model, version=version)
     if as_json:
@@ -138,13 +142,14 @@ def promote_command(
     force: bool = typer.Option(False, "--force", help="Promote even though its gate failed (the reason is recorded)."),
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Move the champion alias to VERSION; refused when its gate failed unless --force."""
     from pipelines.registry import promote
 
-    params = _params(params_file, overrides, verbose, model)
+    params = _params(params_file, overrides, verbose, model, experiment)
     with _registry(params):
         event = promote(
             params.project.registered_model,
@@ -164,13 +169,14 @@ def rollback_command(
     reason: str | None = ReasonOpt,
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Move the champion alias back to the previous champion."""
     from pipelines.registry import rollback
 
-    params = _params(params_file, overrides, verbose, model)
+    params = _params(params_file, overrides, verbose, model, experiment)
     with _registry(params):
         event = rollback(params.project.registered_model, reason or "", params.register_.champion_alias, _lock(params))
     typer.echo(_event_line(event))
@@ -185,6 +191,7 @@ def lineage_command(
     html_file: Path | None = HtmlOpt,
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     model: str | None = ModelOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -192,7 +199,7 @@ def lineage_command(
     gate → ONNX → registered version → alias history."""
     from pipelines.audit import build_lineage, render_html, render_text
 
-    params = _params(params_file, overrides, verbose, model)
+    params = _params(params_file, overrides, verbose, model, experiment)
     with _registry(params):
         report = build_lineage(params.project.registered_model, version, verify=verify)
     if html_file is not None:

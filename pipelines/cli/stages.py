@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from pipelines.cli.options import ModelOpt, ParamsOpt, SetOpt, VerboseOpt, echo, setup, state
+from pipelines.cli.options import ExperimentOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, echo, setup, state
 from pipelines.config import Params
 from pipelines.dag import STAGE_ORDER
 from pipelines.errors import NlpopsError
@@ -29,11 +29,12 @@ def _stage_command(stage: str):
     def command(
         params_file: str = ParamsOpt,
         overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
         verbose: bool = VerboseOpt,
     ) -> None:
         from pipelines.dag import run_stage
 
-        params = setup(params_file, overrides, verbose)
+        params = setup(params_file, overrides, verbose, experiment=experiment)
         _print_summary(stage, run_stage(params, stage))
 
     command.__doc__ = f"Run the {stage} stage alone (what dvc.yaml calls)."
@@ -54,18 +55,19 @@ STAGE_HELP = {
 def run_flow(
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
     if_changed: bool = typer.Option(
         False, "--if-changed", help="Skip (and say why) when data, params and code match the champion's lineage."
     ),
 ) -> None:
     """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
-    params = setup(params_file, overrides, verbose)
+    params = setup(params_file, overrides, verbose, experiment=experiment)
     started = time.perf_counter()
     from flows.retrain import retrain
 
     result: dict[str, Any] = retrain(  # type: ignore[assignment]
-        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed
+        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed, experiment=experiment
     )
     if result.get("skipped"):
         echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
@@ -110,12 +112,13 @@ def predict(
     model: str | None = ModelOpt,
     params_file: str = ParamsOpt,
     overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Predict with a registered model's ONNX runtime (the champion by default), whatever its task."""
     from pipelines.predict import load_registered_runtime, split_pairs
 
-    params = setup(params_file, overrides, verbose, model)
+    params = setup(params_file, overrides, verbose, model, experiment)
     if text is not None:
         items: list[Any] = [(text, pair)] if pair is not None else [text]
     else:

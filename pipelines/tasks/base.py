@@ -38,7 +38,7 @@ class Predictions:
     loss over the features (NaN when there are no gold labels)."""
 
     values: list[Any]
-    scores: list[Any] | None = None
+    scores: Any = None  # per-example scores (a list, or an array with one row per example)
     loss: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,7 +175,7 @@ class Task(ABC):
         """Real test inputs as ONNX feeds (numpy int64), in batches of varied sizes (1, 7, then up to 64)."""
 
     @abstractmethod
-    def outputs_agree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
+    def outputs_disagree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
         """Number of examples in one batch whose decoded result differs between PyTorch and ONNX outputs."""
 
     @abstractmethod

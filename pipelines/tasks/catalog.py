@@ -74,7 +74,10 @@ def _options() -> tuple[Any, ...]:
     return tuple(_module(name).Options for name in TASKS)
 
 
-TaskConfig = Annotated[Union[_options()], Field(discriminator="type")]  # type: ignore[misc]  # noqa: UP007
+if TYPE_CHECKING:
+    from pipelines.schema import TaskOptions as TaskConfig
+else:  # params' `task` section: the union of every task module's Options, told apart by `type`
+    TaskConfig = Annotated[Union[_options()], Field(discriminator="type")]  # noqa: UP007
 
 
 def default_task_config() -> Any:

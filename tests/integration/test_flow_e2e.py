@@ -142,12 +142,27 @@ def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:
     assert "Running stage" not in done.stdout
 
 
-def test_unchanged_rerun_reuses_every_stage(project: Path, first_run) -> None:
+def test_another_experiment_leaves_the_first_cached_and_every_command_reaches_both(project: Path, first_run) -> None:
+    """Two experiments in one project (a named experiment with its own artifacts dir and model): running the
+    second evicts nothing of the first, and the model-facing verbs reach either model by -e or --model."""
     before = len(_versions(project))
+    (project / "experiments" / "other.yaml").write_text(
+        "project:\n  artifacts_dir: runs/other\n  registered_model: e2e-other\ntrain:\n  seed: 3\n  epochs: 2\n"
+    )
+    other = nlpops(project, "run", "-e", "other")
+    assert other.returncode == 0, other.stderr
+    assert "registry  e2e-other v1" in other.stdout, other.stdout
     done = nlpops(project, "run")
     assert done.returncode == 0, done.stderr
     assert "cached stages: validate, clean, tokenise, train, evaluate, export, register" in done.stdout
     assert len(_versions(project)) == before
+    listed = nlpops(project, "models", "list", "--all")
+    assert listed.returncode == 0, listed.stderr
+    assert MODEL_NAME in listed.stdout and "e2e-other" in listed.stdout and "champion v1" in listed.stdout
+    by_model = nlpops(project, "lineage", "champion", "--model", "e2e-other", "--verify")
+    assert by_model.returncode == 0 and "e2e-other v1" in by_model.stdout, by_model.stdout + by_model.stderr
+    by_experiment = nlpops(project, "models", "list", "-e", "other", "--json")
+    assert json.loads(by_experiment.stdout)[0]["version"] == "1"
 
 
 def test_failing_gate_registers_a_challenger_and_keeps_the_champion(project: Path, first_run) -> None:

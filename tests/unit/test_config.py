@@ -93,3 +93,26 @@ def test_yaml_boolean_words_stay_strings_where_the_schema_wants_strings(tmp_path
     assert (
         load_params(REPO / "params.yaml", ["train.epochs=2", "clean.drop_duplicates=no"]).clean.drop_duplicates is False
     )
+
+
+def test_named_experiment_overlays_params_then_set_applies(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  path: x.csv\ntrain:\n  epochs: 4\n  seed: 1\n")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "big.yaml").write_text("train:\n  epochs: 9\ntask:\n  type: token_classification\n")
+    params = load_params(tmp_path / "params.yaml", ["train.seed=5"], "big")
+    assert params.train.epochs == 9 and params.train.seed == 5 and params.task.type == "token_classification"
+    assert params.data.path == "x.csv"
+    with pytest.raises(ConfigError, match=r"experiment 'nope': no file .*nope\.yaml \(experiments: big\)"):
+        load_params(tmp_path / "params.yaml", [], "nope")
+    (tmp_path / "experiments" / "bad.yaml").write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.epochs=0"):
+        load_params(tmp_path / "params.yaml", [], "bad")
+
+
+def test_shipped_experiments_are_valid() -> None:
+    from pipelines.config import available_experiments
+
+    names = available_experiments(REPO / "params.yaml")
+    assert {"sst2", "rte", "agnews", "conll"} <= set(names)
+    for name in names:
+        load_params(REPO / "params.yaml", [], name)

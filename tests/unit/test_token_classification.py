@@ -498,10 +498,10 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_token
             ours = [t.numpy() for t in spec.module(*(torch.from_numpy(feed[n]) for n in spec.input_names))]
         theirs = runtime.run(feed)
         assert np.abs(ours[0] - theirs[0]).max() < 1e-4
-        assert task.outputs_agree(ours, theirs, feed) == 0
+        assert task.outputs_disagree(ours, theirs, feed) == 0
         flipped = [theirs[0].copy()]
         flipped[0][0, 1] = -flipped[0][0, 1]  # a real token position of row 0 changes its argmax
-        assert task.outputs_agree(ours, flipped, feed) == 1
+        assert task.outputs_disagree(ours, flipped, feed) == 1
     # the runtime on the same sentences gives the same tags as the torch path
     rows = task.tokenise(tokenizer, frame, task.params.tokenise)
     torch_preds = task.predict(model, rows, frame, batch_size=4, pad_token_id=tokenizer.pad_token_id)

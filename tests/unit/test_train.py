@@ -122,3 +122,21 @@ def test_max_steps_and_max_train_rows_bound_a_quick_run(tokenised: Path, tiny_mo
     cfg = TrainConfig(epochs=3, batch_size=4, max_steps=5, max_train_rows=40)
     out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)
     assert out["steps"] == 5 and out["train_rows"] == 40 and out["epochs_run"] == 1
+
+
+def test_experiments_keep_their_own_stamps_and_checkpoints(tmp_path: Path) -> None:
+    """Another artifacts dir (another experiment) gets its own flow stamps and checkpoint folder, and loading a
+    checkpoint for one experiment never deletes the other's."""
+    from pipelines.paths import StagePaths
+    from pipelines.train import CHECKPOINT_SUFFIX, load_training_state
+
+    a = StagePaths(root=tmp_path / "artifacts", state=tmp_path / ".nlpops")
+    b = StagePaths(root=tmp_path / "runs" / "sst2", state=tmp_path / ".nlpops")
+    assert a.stamps_dir != b.stamps_dir and a.checkpoint_dir != b.checkpoint_dir
+    assert a.experiment_key == StagePaths(root=tmp_path / "artifacts", state=tmp_path / "elsewhere").experiment_key
+    for paths in (a, b):
+        paths.checkpoint_dir.mkdir(parents=True)
+        (paths.checkpoint_dir / f"{'0' * 24}{CHECKPOINT_SUFFIX}").write_bytes(b"a checkpoint")
+    assert load_training_state(b.checkpoint_dir, "f" * 64) is None  # b's stale checkpoint goes, a's stays
+    assert not any(b.checkpoint_dir.iterdir())
+    assert (a.checkpoint_dir / f"{'0' * 24}{CHECKPOINT_SUFFIX}").is_file()

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.schema import Section
+from pipelines.schema import TaskOptions
 from pipelines.tasks.catalog import TaskSpec
 
 
-class Options(Section):
+class Options(TaskOptions):
     type: Literal["text_classification"] = Field(
         "text_classification", description="Pair classification is text_classification + data.text_pair_column."
     )

@@ -65,6 +65,7 @@ class TextClassification(Task):
             out["token_type_ids"] = []
         texts = frame["text"].tolist()
         pairs = frame["text_pair"].tolist() if pair else None
+        encode: Any
         if getattr(tokenizer, "is_fast", False):
             encode = BatchEncoder(tokenizer)
         else:  # a slow tokenizer: the transformers call, same arguments
@@ -230,7 +231,7 @@ class TextClassification(Task):
             start = stop
         return feeds
 
-    def outputs_agree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
+    def outputs_disagree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
         return int((np.asarray(torch_outputs[0]).argmax(-1) != np.asarray(onnx_outputs[0]).argmax(-1)).sum())
 
     def runtime_inputs(self, frame: pd.DataFrame) -> list[Any]:

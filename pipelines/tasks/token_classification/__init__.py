@@ -18,11 +18,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.schema import Section
+from pipelines.schema import TaskOptions
 from pipelines.tasks.catalog import TaskSpec
 
 
-class Options(Section):
+class Options(TaskOptions):
     type: Literal["token_classification"] = Field("token_classification", description="NER (IOB2) or POS tagging.")
     label_all_tokens: bool = Field(
         False,

@@ -268,7 +268,7 @@ class TokenClassification(Task):
             feeds.append({name: available[name] for name in input_names})
         return feeds
 
-    def outputs_agree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
+    def outputs_disagree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
         """Rows of the batch whose argmax tag sequences differ on the non-padding positions."""
         a = np.asarray(torch_outputs[0]).argmax(axis=-1)
         b = np.asarray(onnx_outputs[0]).argmax(axis=-1)

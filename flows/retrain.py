@@ -120,8 +120,22 @@ def retrain(
 
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
+    The whole flow holds the project run lock (pipelines/run_lock.py): another run of the project is waited for, or
+    with run.on_conflict=fail this one stops (a scheduled run ends as "Skipped: a run is in progress ...").
     """
+    from pipelines.run_lock import hold_run_lock
+
     params = load_params(params_file, overrides or [])
+    with hold_run_lock(params, "Prefect flow nlpops-retrain", skip_if_busy=skip_if_unchanged) as busy:
+        if busy:
+            return Completed(name="Skipped", message=busy, data={"skipped": True, "reason": busy})
+        return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged)
+
+
+def _run_stages(
+    params: Params, params_file: str, overrides: list[str] | None, sync_dvc: bool, skip_if_unchanged: bool
+) -> Any:
+    """The flow's body, run while the run lock is held."""
     params_data = params.to_dict()
     if skip_if_unchanged:
         changes = check_changes(params_data)

@@ -77,10 +77,12 @@ def _stage_command(stage: str):
         overrides: list[str] = SetOpt,
         verbose: bool = VerboseOpt,
     ) -> None:
+        from pipelines.run_lock import hold_run_lock
         from pipelines.runner import STAGE_RUNNERS
 
         params = _setup(params_file, overrides, verbose)
-        _print_summary(stage, STAGE_RUNNERS[stage](params))
+        with hold_run_lock(params, f"nlpops {stage}"):  # under `dvc repro`: held for DVC, first stage to last
+            _print_summary(stage, STAGE_RUNNERS[stage](params))
 
     command.__doc__ = f"Run the {stage} stage alone (what dvc.yaml calls)."
     return command
@@ -111,10 +113,17 @@ def run_flow(
     params = _setup(params_file, overrides, verbose)
     started = time.perf_counter()
     from flows.retrain import retrain
+    from pipelines.run_lock import hold_run_lock
 
-    result: dict[str, Any] = retrain(  # type: ignore[assignment]
-        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed
-    )
+    # Taken before Prefect starts (the flow takes it again, re-entrantly): a waiting run holds no server.
+    result: dict[str, Any]
+    with hold_run_lock(params, "nlpops run", skip_if_busy=if_changed) as busy:
+        if busy:
+            result = {"skipped": True, "reason": busy}
+        else:
+            result = retrain(  # type: ignore[assignment]
+                params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed
+            )
     if result.get("skipped"):
         _echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
         return

@@ -62,28 +62,34 @@ STAGES: dict[str, StageSpec] = {
             ("model", "train", "task"),
             lambda p, sp: [sp.tokenised_dir, sp.label_map],
             lambda p, sp: [sp.model_dir, sp.train_summary, sp.train_history],
-            ("pipelines.train", "pipelines.tasks.text_classification"),
+            ("pipelines.train", "pipelines.tasks.text_classification", "pipelines.provenance"),
         ),
         StageSpec(
             "evaluate",
             ("gate",),
             lambda p, sp: [sp.model_dir, sp.tokenised_dir / "test.parquet", sp.clean_split("test"), sp.label_map],
             lambda p, sp: [sp.metrics, sp.per_class, sp.gate, _slices_path(sp), sp.confusion_csv, sp.confusion_png],
-            ("pipelines.evaluate", "pipelines.tasks.text_classification"),
+            ("pipelines.evaluate", "pipelines.tasks.text_classification", "pipelines.provenance"),
         ),
         StageSpec(
             "export",
             ("export", "tokenise"),
             lambda p, sp: [sp.model_dir, sp.clean_split("test")],
             lambda p, sp: [sp.export_dir],
-            ("pipelines.export_onnx",),
+            ("pipelines.export_onnx", "pipelines.provenance"),
         ),
         StageSpec(
             "register",
             ("project", "gate", "register"),
             lambda p, sp: [sp.export_dir, sp.gate, sp.metrics, _slices_path(sp), sp.train_summary],
             lambda p, sp: [sp.registration],
-            ("pipelines.registry", "pipelines.registry_lock", "pipelines.evaluate", "pipelines.serving"),
+            (
+                "pipelines.registry",
+                "pipelines.registry_lock",
+                "pipelines.evaluate",
+                "pipelines.serving",
+                "pipelines.provenance",
+            ),
         ),
     )
 }
@@ -314,6 +320,9 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
             }
         )
         _write_json(paths.train_history, {"history": summary["history"]})
+        from pipelines.provenance import train_record  # which run made the model (register checks the chain)
+
+        summary["provenance"] = train_record(paths, run.info.run_id, tags)
         _write_json(paths.train_summary, summary)
         mlflow.log_artifact(str(paths.train_history), artifact_path="train")
     return summary
@@ -464,7 +473,13 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         params, file_digest(paths.clean_split("test")), train_summary["run_id"], membership
     )
     decision = decide_gate(scores, params.gate, champion_metrics, champion_version)
-    gate = {**decision.to_dict(), "champion_basis": basis}
+    from pipelines.provenance import evaluate_record  # which run and files this gate judged
+
+    gate = {
+        **decision.to_dict(),
+        "champion_basis": basis,
+        "provenance": evaluate_record(paths, train_summary["run_id"]),
+    }
     _write_json(paths.gate, gate)
     with mlflow.start_run(run_id=train_summary["run_id"]):
         mlflow.log_metrics({"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]})
@@ -501,6 +516,9 @@ def run_export(params: Params) -> dict[str, Any]:
     except ParityError:
         _log_parity(train_summary["run_id"], paths, passed=False)
         raise
+    from pipelines.provenance import write_export_record  # which run's model this ONNX file is
+
+    write_export_record(paths, train_summary["run_id"])
     _log_parity(train_summary["run_id"], paths, passed=True)
     return result
 
@@ -554,6 +572,9 @@ def run_register(params: Params) -> dict[str, Any]:
         {k: [v["value"], v["rows"], v["metric"]] for k, v in challenger["slices"].items()}, separators=(",", ":")
     )
     tags = _lineage_tags(params, paths)
+    from pipelines.provenance import verify_run_chain  # refuse a mix of runs; tag with what the run trained on
+
+    tags.update(verify_run_chain(paths, tags))
     tags.update(
         {
             "run_id": run_id,

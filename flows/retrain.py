@@ -9,6 +9,7 @@ a run with other inputs has since overwritten.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,17 @@ def retrain(
     from pipelines.run_lock import hold_run_lock
 
     params = load_params(params_file, overrides or [])
-    with hold_run_lock(params, "Prefect flow nlpops-retrain", skip_if_busy=skip_if_unchanged) as busy:
+    lock = hold_run_lock(params, "Prefect flow nlpops-retrain", skip_if_busy=skip_if_unchanged, echo=_lock_echo)
+    with lock as busy:
         if busy:
             return Completed(name="Skipped", message=busy, data={"skipped": True, "reason": busy})
         return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged)
+
+
+def _lock_echo(line: str) -> None:
+    """The run lock's waiting lines: on stderr, and in the flow run's log (the Prefect UI shows them)."""
+    print(line, file=sys.stderr, flush=True)
+    get_run_logger().warning(line)
 
 
 def _run_stages(

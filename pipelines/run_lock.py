@@ -45,6 +45,7 @@ from typing import Any
 
 from pipelines.errors import ConfigError, RunInProgressError, ServiceError
 from pipelines.registry_lock import LOCK_URL_ENV, connect_advisory, lock_key
+from pipelines.statedir import describe_os_error
 
 POLL_S = 0.5
 REMIND_S = 60.0
@@ -187,8 +188,12 @@ def lease_path(state_dir: str | Path, artifacts_dir: str | Path) -> Path:
 @contextlib.contextmanager
 def _locked_file(path: Path) -> Iterator[Any]:
     """The lease file, opened and flocked for one short read-modify-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115  (closed below, after the flock is given back)
+    except OSError as exc:
+        raise describe_os_error(path, exc, "cannot write the run lock") from None
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             fh.seek(0)

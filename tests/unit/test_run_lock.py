@@ -253,6 +253,19 @@ def test_hold_run_lock_reads_params_and_can_skip_when_busy(settings: RunLockSett
         assert b is None  # run.lock=none: no lock at all
 
 
+def test_an_unwritable_state_dir_is_one_line_naming_it(settings: RunLockSettings, tmp_path: Path) -> None:
+    from pipelines.errors import StateDirError
+
+    (tmp_path / "state").write_text("a file where the state dir should be")
+    with (
+        pytest.raises(
+            StateDirError, match=r"state/locks/run-artifacts-\w+\.lock: cannot write the run lock \(Not a directory\)"
+        ),
+        run_lock(settings, "nlpops run"),
+    ):
+        pass
+
+
 def test_postgres_lock_needs_a_url(settings: RunLockSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NLPOPS_LOCK_URL", raising=False)
     assert _with(settings, kind="auto").postgres_url() is None

@@ -312,3 +312,36 @@ def test_postgres_lock_is_held_across_hosts_and_names_the_holder(settings: RunLo
             assert cur.fetchone()[0] is True
     finally:
         other_host.close()
+
+
+def test_real_dvc_repro_holds_one_lease_for_its_stages(tmp_path: Path, settings: RunLockSettings) -> None:
+    """The same with DVC itself: each stage command (run through DVC's shell) takes the lock for the dvc process,
+    and the second stage re-enters it even with run.on_conflict=fail."""
+    take = (
+        "from pipelines.run_lock import RunLockSettings, run_lock; "
+        f"s = RunLockSettings(state_dir={settings.state_dir!r}, artifacts_dir={settings.artifacts_dir!r}, "
+        "on_conflict='fail'); "
+        "cm = run_lock(s, 'nlpops stage'); h = cm.__enter__(); print(h.pid, h.command)"
+    )
+    project = tmp_path / "dvc-project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("DVC_STAGE", None)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, env=env)
+    stages = {
+        "a": {"cmd": f'python -c "{take}" > a.txt', "outs": ["a.txt"]},
+        "b": {"cmd": f'python -c "{take}" > b.txt', "deps": ["a.txt"], "outs": ["b.txt"]},
+    }
+    (project / "dvc.yaml").write_text(json.dumps({"stages": stages}))
+    dvc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, env=env, stderr=subprocess.PIPE)
+    _, err = dvc.communicate(timeout=300)
+    assert dvc.returncode == 0, err
+    for out in ("a.txt", "b.txt"):
+        assert (project / out).read_text().split() == [str(dvc.pid), "dvc", "repro", "(nlpops", "stage)"]
+    with run_lock(_with(settings, on_conflict="fail"), "nlpops run"):  # DVC has exited: its lease is stale
+        pass

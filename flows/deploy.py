@@ -28,6 +28,19 @@ def scheduled_parameters(params_file: str = DEFAULT_PARAMS_FILE) -> dict[str, An
     return {"params_file": params_file, "skip_if_unchanged": True}
 
 
+def deployment_concurrency(params_file: str = DEFAULT_PARAMS_FILE) -> Any:
+    """One run of the deployment at a time: a trigger while one runs waits (AwaitingConcurrencySlot) when
+    run.on_conflict is wait, or is cancelled by Prefect when it is fail. The flow's run lock (pipelines/run_lock.py)
+    also queues it behind, or skips it past, runs started outside the deployment (`nlpops run`, `dvc repro`)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from pipelines.config import load_params
+
+    on_conflict = load_params(params_file).run.on_conflict
+    strategy = ConcurrencyLimitStrategy.ENQUEUE if on_conflict == "wait" else ConcurrencyLimitStrategy.CANCEL_NEW
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
+
+
 def validate_cron(cron: str, timezone: str) -> Any:
     """The Prefect schedule object; a bad expression or time zone is one clear ConfigError."""
     from prefect.schedules import Cron
@@ -55,7 +68,7 @@ def build_deployment(
         parameters=scheduled_parameters(params_file),
         description="Scheduled retraining: skipped when nothing changed since the champion was made.",
         tags=["nlpops", "scheduled"],
-        concurrency_limit=1,  # two overlapping retrains would race on artifacts/ and the registry
+        concurrency_limit=deployment_concurrency(params_file),  # overlapping retrains would race on artifacts/
     )
 
 
@@ -84,7 +97,7 @@ def deploy_to_work_pool(
         schedules=[validate_cron(cron, timezone)],
         parameters=scheduled_parameters(params_file),
         tags=["nlpops", "scheduled"],
-        concurrency_limit=1,
+        concurrency_limit=deployment_concurrency(params_file),
         build=False,
         push=False,
         print_next_steps=False,

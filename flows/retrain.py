@@ -9,6 +9,7 @@ a run with other inputs has since overwritten.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,35 @@ def retrain(
 
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
+    The whole flow holds the project run lock (pipelines/run_lock.py): another run of the project is waited for, or
+    with run.on_conflict=fail this one stops (a scheduled run ends as "Skipped: a run is in progress ...").
     """
+    from pipelines.run_lock import hold_run_lock
+
     install_log_redaction()  # a worker runs this flow without the CLI's set-up
     params = load_params(params_file, overrides or [], experiment)
+    lock = hold_run_lock(params, "Prefect flow nlpops-retrain", skip_if_busy=skip_if_unchanged, echo=_lock_echo)
+    with lock as busy:
+        if busy:
+            return Completed(name="Skipped", message=busy, data={"skipped": True, "reason": busy})
+        return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged, experiment)
+
+
+def _lock_echo(line: str) -> None:
+    """The run lock's waiting lines: on stderr, and in the flow run's log (the Prefect UI shows them)."""
+    print(line, file=sys.stderr, flush=True)
+    get_run_logger().warning(line)
+
+
+def _run_stages(
+    params: Params,
+    params_file: str,
+    overrides: list[str] | None,
+    sync_dvc: bool,
+    skip_if_unchanged: bool,
+    experiment: str | None = None,
+) -> Any:
+    """The flow's body, run while the run lock is held."""
     params_data = params.to_dict()
     if skip_if_unchanged:
         changes = check_changes(params_data)

@@ -236,6 +236,24 @@ def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class RunConfig(Section):
+    """How runs of one project (same artifacts dir) are kept apart: pipelines/run_lock.py."""
+
+    on_conflict: Literal["wait", "fail"] = Field(
+        "wait",
+        description="Another run of this project holds the run lock: wait (a line names the holder, its pid/host "
+        "and start) or fail (one line, exit code 75; a scheduled run ends as Skipped).",
+    )
+    wait_timeout_s: float | None = Field(
+        None, gt=0.0, description="Give up waiting for the run lock after this many seconds; empty = no limit."
+    )
+    lock: Literal["auto", "file", "postgres", "none"] = Field(
+        "auto",
+        description="auto: a lease file under state_dir/locks, plus the PostgreSQL advisory lock when "
+        "register.lock_url (or NLPOPS_LOCK_URL) is set, so runs on other hosts queue too; none: no run lock.",
+    )
+
+
 class Params(Section):
     project: ProjectConfig = ProjectConfig()
     data: DataConfig
@@ -248,6 +266,7 @@ class Params(Section):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    run: RunConfig = RunConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -298,7 +317,9 @@ class Params(Section):
         return stable_hash({n: self.section(n) for n in names})
 
     def params_hash(self) -> str:
-        return stable_hash(without_secrets(self.to_dict()))
+        # Secret-bearing settings and how concurrent runs queue (the `run` section) say nothing about the model:
+        # changing them is no reason to retrain, and they are not part of a version's lineage.
+        return stable_hash({k: v for k, v in without_secrets(self.to_dict()).items() if k != "run"})
 
 
 def _default_task() -> Any:

@@ -54,3 +54,19 @@ class StateDirError(NlpopsError):
 
 class ServiceError(NlpopsError):
     """A tracking or orchestration server cannot be reached, started or stopped."""
+
+
+class RunInProgressError(NlpopsError):
+    """Another run of the same project (same artifacts dir) holds the run lock and run.on_conflict is fail.
+
+    Exit code 75 (EX_TEMPFAIL: try again later), so a wrapper script can tell "busy" from "broken"."""
+
+    exit_code = 75
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class MixedRunError(NlpopsError):
+    """The artifacts a registration would combine (training run, metrics, gate, ONNX) come from different runs."""

@@ -31,9 +31,10 @@ LOCK_URL_ENV = "NLPOPS_LOCK_URL"
 _POLL_S = 0.05
 
 
-def lock_key(name: str) -> int:
-    """Signed 64-bit advisory-lock key for a registered model name (stable across hosts and Python versions)."""
-    digest = hashlib.sha256(f"nlpops-registry:{name}".encode()).digest()
+def lock_key(name: str, namespace: str = "nlpops-registry") -> int:
+    """Signed 64-bit advisory-lock key for a name (stable across hosts and Python versions); the namespace keeps the
+    promotion lock and the run lock (pipelines/run_lock.py) of one model apart."""
+    digest = hashlib.sha256(f"{namespace}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -69,18 +70,30 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def postgres_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
+def connect_advisory(
+    url: str, what: str = "promotion lock", error: type[Exception] = RegistryError, application_name: str | None = None
+) -> Any:
+    """An autocommit psycopg2 connection for session advisory locks; `error` naming `what` and the (redacted) URL
+    when the server cannot be reached."""
     try:
         import psycopg2
     except ImportError:  # pragma: no cover - psycopg2-binary is in requirements.txt
-        raise RegistryError("register.lock=postgres needs psycopg2 (pip install psycopg2-binary)") from None
+        raise error(f"{what} on PostgreSQL needs psycopg2 (pip install psycopg2-binary)") from None
     dsn = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url)  # SQLAlchemy-style driver suffixes
+    extra = {"application_name": application_name[:63]} if application_name else {}
     try:
-        conn = psycopg2.connect(dsn, connect_timeout=10)
+        conn = psycopg2.connect(dsn, connect_timeout=10, **extra)
     except psycopg2.Error as exc:
-        raise RegistryError(redact_text(f"promotion lock: cannot connect to {url}: {str(exc).strip()}")) from None
+        raise error(redact_text(f"{what}: cannot connect to {url}: {str(exc).strip()}")) from None
     conn.autocommit = True
+    return conn
+
+
+@contextlib.contextmanager
+def postgres_lock(url: str, key: int, timeout_s: float) -> Iterator[None]:
+    import psycopg2
+
+    conn = connect_advisory(url)
     deadline = time.monotonic() + timeout_s
     try:
         with conn.cursor() as cur:

@@ -29,13 +29,15 @@ def _stage_command(stage: str):
     def command(
         params_file: str = ParamsOpt,
         overrides: list[str] = SetOpt,
-    experiment: str | None = ExperimentOpt,
+        experiment: str | None = ExperimentOpt,
         verbose: bool = VerboseOpt,
     ) -> None:
         from pipelines.dag import run_stage
+        from pipelines.run_lock import hold_run_lock
 
         params = setup(params_file, overrides, verbose, experiment=experiment)
-        _print_summary(stage, run_stage(params, stage))
+        with hold_run_lock(params, f"nlpops {stage}"):  # under `dvc repro`: held for DVC, first stage to last
+            _print_summary(stage, run_stage(params, stage))
 
     command.__doc__ = f"Run the {stage} stage alone (what dvc.yaml calls)."
     return command
@@ -65,10 +67,17 @@ def run_flow(
     params = setup(params_file, overrides, verbose, experiment=experiment)
     started = time.perf_counter()
     from flows.retrain import retrain
+    from pipelines.run_lock import hold_run_lock
 
-    result: dict[str, Any] = retrain(  # type: ignore[assignment]
-        params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed, experiment=experiment
-    )
+    # Taken before Prefect starts (the flow takes it again, re-entrantly): a waiting run holds no server.
+    result: dict[str, Any]
+    with hold_run_lock(params, "nlpops run", skip_if_busy=if_changed) as busy:
+        if busy:
+            result = {"skipped": True, "reason": busy}
+        else:
+            result = retrain(  # type: ignore[assignment]
+                params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed, experiment=experiment
+            )
     if result.get("skipped"):
         echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
         return

@@ -128,7 +128,13 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         params, file_digest(paths.clean_split("test")), train_summary["run_id"], membership
     )
     decision = decide_gate(scores, params.gate, champion_metrics, champion_version, metric=params.gate_metric)
-    gate = {**decision.to_dict(), "champion_basis": basis}
+    from pipelines.provenance import evaluate_record  # which run and files this gate judged
+
+    gate = {
+        **decision.to_dict(),
+        "champion_basis": basis,
+        "provenance": evaluate_record(paths, train_summary["run_id"]),
+    }
     write_json(paths.gate, gate)
     with mlflow.start_run(run_id=train_summary["run_id"]):
         mlflow.log_metrics({f"test_{k}": v for k, v in task.metric_tags(scores).items()})

@@ -28,6 +28,9 @@ def run_export(params: Params) -> dict[str, Any]:
     except ParityError:
         _log_parity(train_summary["run_id"], paths, passed=False)
         raise
+    from pipelines.provenance import write_export_record  # which run's model this ONNX file is
+
+    write_export_record(paths, train_summary["run_id"])
     _log_parity(train_summary["run_id"], paths, passed=True)
     return result
 

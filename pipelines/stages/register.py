@@ -57,6 +57,9 @@ def run_register(params: Params) -> dict[str, Any]:
         {k: [v["value"], v["rows"], v["metric"]] for k, v in challenger["slices"].items()}, separators=(",", ":")
     )
     tags = lineage_tags(params, paths)
+    from pipelines.provenance import verify_run_chain  # refuse a mix of runs; tag with what the run trained on
+
+    tags.update(verify_run_chain(paths, tags))
     tags.update(
         {
             "run_id": run_id,

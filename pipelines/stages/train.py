@@ -71,6 +71,9 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
                 }
             )
         write_json(paths.train_history, {"history": summary["history"]})
+        from pipelines.provenance import train_record  # which run made the model (register checks the chain)
+
+        summary["provenance"] = train_record(paths, run.info.run_id, tags)
         write_json(paths.train_summary, summary)
         mlflow.log_artifact(str(paths.train_history), artifact_path="train")
     return summary

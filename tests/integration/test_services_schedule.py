@@ -65,6 +65,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         NLPOPS_PREFECT_DB=f"nlpops_t{suffix}_prefect",
         NLPOPS_MLFLOW_PORT=str(mlflow_port),
         NLPOPS_PREFECT_PORT=str(prefect_port),
+        # A deployment run that finds its concurrency slot taken retries after this (Prefect's default: 30 s).
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
     )
 
     def nlpops(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -183,3 +185,78 @@ def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack
     assert changes.stdout.startswith("unchanged: nothing changed since champion v1")
     status = stack["nlpops"]("services", "status")
     assert status.returncode == 0 and status.stdout.count("healthy") == 2, status.stdout
+
+
+def _flow_run(run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def _logged(run_id, text: str) -> str | None:
+    """The first log line of a flow run that contains `text`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0)
+    return next((log.message for log in logs if text in log.message), None)
+
+
+def _until(predicate, what: str, stack: dict, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if stack["server"].poll() is not None:
+            pytest.fail("nlpops schedule exited:\n" + stack["server"].stdout.read())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_scheduled_triggers_during_a_running_run_wait_or_skip(stack: dict) -> None:
+    """Issue 18: while another run of the project holds the run lock, a scheduled run waits for it (a second trigger
+    of the deployment waits for the first: concurrency limit 1), and with run.on_conflict=fail it ends as
+    "Skipped: a run is in progress"."""
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.run_lock import RunLockSettings, run_lock
+
+    root: Path = stack["root"]
+    client = MlflowClient(tracking_uri=stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
+    versions = len(client.search_model_versions(f"name = '{MODEL_NAME}'"))
+    lock = RunLockSettings(state_dir=str(root / ".nlpops"), artifacts_dir=str(root / "artifacts"))
+    name = f"nlpops-retrain/{DEPLOYMENT}"
+    with temporary_settings(updates={PREFECT_API_URL: stack["PREFECT_API_URL"]}):
+        _wait_for_deployment(stack)
+        with run_lock(lock, "test: a manual run in progress"):
+            triggered = [run_deployment(name, timeout=0), run_deployment(name, timeout=0)]
+            running = _until(
+                lambda: [r for r in triggered if _flow_run(r.id).state.is_running()], "a triggered run to start", stack
+            )[0]
+            # It runs, but waits on the lock, and its log says for whom.
+            waiting = _until(lambda: _logged(running.id, "waiting for the run lock on"), "the waiting line", stack)
+            assert "held by `test: a manual run in progress` (pid " in waiting and "run.on_conflict=wait" in waiting
+            assert _flow_run(running.id).state.is_running()
+        other = next(r for r in triggered if r.id != running.id)
+        done = [
+            _until(lambda r=r: (f := _flow_run(r.id)).state.is_final() and f, "a run to end", stack)
+            for r in (running, other)
+        ]
+        for run in done:
+            assert run.state.is_completed() and run.state.name == "Skipped", run.state
+            assert "nothing changed since champion v1" in (run.state.message or "")
+        # The deployment's concurrency limit held the second trigger back until the first had finished.
+        assert done[1].start_time >= done[0].end_time, "the two triggered runs overlapped"
+
+        with run_lock(lock, "test: a manual run in progress"):
+            refused = run_deployment(name, parameters={"overrides": ["run.on_conflict=fail"]}, timeout=300)
+        assert refused.state is not None and refused.state.is_completed() and refused.state.name == "Skipped"
+        message = refused.state.message or ""
+        assert message.startswith("a run is in progress: `test: a manual run in progress` (pid "), message
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == versions

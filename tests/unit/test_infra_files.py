@@ -111,6 +111,8 @@ def test_k8s_work_pool_template_renders_a_valid_job() -> None:
 
 
 def test_prefect_yaml_deploys_the_retrain_flow_with_a_valid_schedule() -> None:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
     from flows.deploy import validate_cron
     from flows.retrain import retrain
 
@@ -124,4 +126,5 @@ def test_prefect_yaml_deploys_the_retrain_flow_with_a_valid_schedule() -> None:
         assert deployment["parameters"]["skip_if_unchanged"] is True
         for schedule in deployment["schedules"]:
             validate_cron(schedule["cron"], schedule["timezone"])
-        assert deployment["concurrency_limit"] == 1
+        assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        ConcurrencyLimitConfig.model_validate(deployment["concurrency_limit"])  # the names Prefect accepts

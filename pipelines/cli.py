@@ -221,6 +221,12 @@ def main() -> None:
             sys.exit(1)
         if _verbose:
             raise
+        from pipelines.stores import explain_store_error
+
+        moved = explain_store_error(exc)  # outputs logged to another MLflow store than the current one
+        if moved:
+            typer.echo(f"error: {moved}", err=True)
+            sys.exit(NlpopsError.exit_code)
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --verbose for details)", err=True)
         sys.exit(1)
 

@@ -119,6 +119,19 @@ def stage_fingerprint(params: Params, stage: str, extra: dict[str, Any] | None =
     )
 
 
+def _store_identity(params: Params) -> str:
+    from pipelines.stores import store_identity
+
+    return store_identity(params)
+
+
+def _training_summary_on_store(params: Params) -> dict[str, Any]:
+    """The train summary whose run is on the current MLflow store (re-logged or adopted there when it moved)."""
+    from pipelines.stores import training_summary_on_store
+
+    return training_summary_on_store(params)
+
+
 def _read_json(path: Path, stage: str) -> dict[str, Any]:
     if not path.is_file():
         raise StageInputError(f"{path}: missing; run `nlpops {stage}` (or `nlpops run`) first")
@@ -305,6 +318,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
         )
         summary["run_id"] = run.info.run_id
         summary["base_model"] = str(model_path)
+        summary["tracking_store"] = _store_identity(params)  # a later move to another store re-logs (stores.py)
         mlflow.log_metrics(
             {
                 "best_epoch": summary["best_epoch"],
@@ -414,7 +428,10 @@ def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
 
     paths = StagePaths.from_params(params)
     id2label = _label_map(paths)
-    target = paths.state / "cache" / "champions" / str(champion.version)
+    from pipelines.stores import store_key
+
+    # Version numbers are per store: v1 on a server is not v1 of the embedded store.
+    target = paths.state / "cache" / "champions" / store_key(params) / str(champion.version)
     if not target.exists():
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{champion.name}/{champion.version}")
         export = next(Path(local).rglob("serving.json")).parent
@@ -444,7 +461,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     from pipelines.train import load_pretrained_checkpoint, predict_logits, read_tokenised_split
 
     paths = StagePaths.from_params(params)
-    train_summary = _read_json(paths.train_summary, "train")
+    train_summary = _training_summary_on_store(params)
     manifest = _read_json(paths.tokenised_dir / "manifest.json", "tokenise")
     id2label = _label_map(paths)
     task = get_task(params.task.type)
@@ -490,7 +507,7 @@ def run_export(params: Params) -> dict[str, Any]:
     from pipelines.tracking import configure_tracking
 
     paths = StagePaths.from_params(params)
-    train_summary = _read_json(paths.train_summary, "train")
+    train_summary = _training_summary_on_store(params)
     if not (paths.model_dir / "config.json").is_file():
         raise StageInputError(f"{paths.model_dir}: no trained model; run `nlpops train` first")
     configure_tracking(params)
@@ -539,7 +556,7 @@ def run_register(params: Params) -> dict[str, Any]:
     from pipelines.tracking import configure_tracking
 
     paths = StagePaths.from_params(params)
-    train_summary = _read_json(paths.train_summary, "train")
+    train_summary = _training_summary_on_store(params)
     _read_json(paths.gate, "evaluate")
     parity = _read_json(paths.parity_report, "export")
     if not parity.get("passed"):

@@ -210,7 +210,7 @@ def write_models(
     from pipelines.serving import log_onnx_pyfunc
 
     client = _use(destination)
-    results = []
+    results: list[dict[str, Any]] = []
     for model in models:
         existing = _existing_versions(client, model.name)
         if existing:
@@ -249,9 +249,9 @@ def write_models(
             client.set_registered_model_tag(
                 model.name, key, _remap_event(value, numbers) if key.startswith(EVENT_PREFIX) else value
             )
-        for alias, version in model.aliases.items():
-            if version in numbers:
-                client.set_registered_model_alias(model.name, alias, numbers[version])
+        for alias, target in model.aliases.items():
+            if target in numbers:
+                client.set_registered_model_alias(model.name, alias, numbers[target])
         results.append(
             {
                 "name": model.name,

@@ -142,8 +142,12 @@ def training_summary_on_store(params: Params) -> dict[str, Any]:
     previous = [p for p in summary.get("previous_runs", []) if p != entry and p.get("run_id") != new_run] + [entry]
     summary.update(run_id=new_run, tracking_store=here, previous_runs=previous, store_move=how)
     text = json.dumps(summary, indent=2, default=str)
-    atomic_write(paths.train_summary, lambda tmp: tmp.write_text(text))
+    atomic_write(paths.train_summary, lambda tmp: _write_text(tmp, text))
     return summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
 
 
 def run_already_on_store(summary: dict[str, Any], here: str) -> str | None:

@@ -98,6 +98,15 @@ def champion_version(params_data: dict[str, Any], train_run_id: str) -> str | No
     return str(version.version)
 
 
+@task(name="training-run-on-store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
+def training_run_on_store(params_data: dict[str, Any]) -> dict[str, Any]:
+    """The train summary with its MLflow run on the current store: a cached training logged to another store (the
+    embedded one before `services up`) is re-logged there, or its migrated copy adopted (pipelines.stores)."""
+    from pipelines.stores import training_summary_on_store
+
+    return training_summary_on_store(Params.model_validate(params_data))
+
+
 @task(name="check-changes", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 15, 45])
 def check_changes(params_data: dict[str, Any]) -> dict[str, Any]:
     """Data, params and code compared with the champion's lineage tags (retried: the registry may be restarting)."""
@@ -168,6 +177,8 @@ def _run_stages(
         extra = None
         if stage == "evaluate":
             extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
+        if stage in ("evaluate", "export"):  # they log onto the training run: a re-logged run means run them again
+            extra = {**(extra or {}), "train_run": results["train"]["run_id"]}
         fingerprint = stage_fingerprint(params, stage, extra)
         stage_task = STAGE_TASKS[stage]
         if not outputs_current(params, stage, fingerprint):
@@ -176,6 +187,8 @@ def _run_stages(
         state = stage_task(params_data, fingerprint, return_state=True)
         states[stage] = state.name
         results[stage] = state.result()  # re-raises the stage's own error
+        if stage == "train":
+            results["train"] = training_run_on_store(params_data)
     # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock
     # so a following `dvc repro` has nothing to do. Not with --set overrides: those are not in params.yaml.
     plain = not overrides and not experiment

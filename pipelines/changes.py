@@ -72,11 +72,22 @@ def differences(tags: dict[str, str], current: dict[str, str | None]) -> list[st
 
 
 def detect_changes(params: Params) -> ChangeReport:
-    """Compare the workspace with the champion (and with a newer challenger that already failed the gate)."""
-    from pipelines.registry import alias_version
+    """Compare the workspace with the champion (and with a newer challenger that already failed the gate); a
+    tracking store other than the one the training outputs were logged to is said too (it decides nothing)."""
+    from pipelines.stores import store_change_note
     from pipelines.tracking import configure_tracking
 
     configure_tracking(params)
+    report = _compare_with_champion(params)
+    note = store_change_note(params)
+    if note:
+        report.reasons.append(note)
+    return report
+
+
+def _compare_with_champion(params: Params) -> ChangeReport:
+    from pipelines.registry import alias_version
+
     name = params.project.registered_model
     current = current_lineage(params)
     if current["data.md5"] is None:

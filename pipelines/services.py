@@ -122,6 +122,33 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def prefect_cli_problem(api_url: str, timeout: float = 10.0) -> str | None:
+    """None when the Prefect server accepts what Prefect's own CLI sends (`prefect deployment ls` posts
+    `"limit": null, "sort": null`); otherwise one line saying why not and what to pin."""
+    body = json.dumps({"limit": None, "sort": None, "offset": 0}).encode()
+    request = urllib.request.Request(
+        f"{api_url}/deployments/filter", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code != 422:
+            return None  # not the known incompatibility; the health check speaks for the rest
+        try:
+            from importlib.metadata import version
+
+            fastapi = version("fastapi")
+        except Exception:
+            fastapi = "?"
+        return (
+            f"the Prefect server rejects Prefect's own CLI (`prefect deployment ls` gets 422: explicit nulls refused "
+            f"by fastapi {fastapi}); install the pinned fastapi==0.150.0 from requirements.txt and restart it"
+        )
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
 def health_urls(cfg: ServicesConfig) -> dict[str, str]:
     return {"mlflow": f"{cfg.mlflow_url}/health", "prefect": f"{cfg.prefect_api_url}/health"}
 
@@ -219,6 +246,7 @@ def services_up(cfg: ServicesConfig, timeout: float = 180.0) -> dict[str, Any]:
                 )
             time.sleep(0.5)
     state["mlflow_url"], state["prefect_api_url"] = cfg.mlflow_url, cfg.prefect_api_url
+    state["warnings"] = [w for w in (prefect_cli_problem(cfg.prefect_api_url),) if w]
     (cfg.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     return state
 

@@ -50,6 +50,12 @@ def main() -> None:
             sys.exit(1)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
+        from pipelines.stores import explain_store_error
+
+        moved = explain_store_error(exc)  # outputs logged to another MLflow store than the current one
+        if moved:
+            typer.echo(f"error: {redact_text(moved)}", err=True)
+            sys.exit(NlpopsError.exit_code)
         if state.verbose:  # the full traceback, credentials hidden
             import traceback
 

@@ -64,6 +64,8 @@ def services_up_cmd(
         url = cfg.mlflow_url if name == "mlflow" else cfg.prefect_api_url.removesuffix("/api")
         typer.echo(f"{name:<8} {url:<28} healthy ({how}; PostgreSQL database {db})")
     typer.echo(f"logs     {cfg.run_dir}")
+    for warning in state.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo("point nlpops at them:")
     for key, value in client_env(cfg).items():
         typer.echo(f"  export {key}={value}")

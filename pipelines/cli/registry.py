@@ -22,6 +22,7 @@ from pipelines.redact import redact_text
 models_app = typer.Typer(help="Inspect the MLflow model registry.", no_args_is_help=True)
 
 ReasonOpt = typer.Option(None, "--reason", "-r", help="Why (required; recorded in the alias history).")
+ModelsOpt = typer.Option(None, "--model", "-m", help="Only this registered model (repeatable) [all].")
 HtmlOpt = typer.Option(None, "--html", help="Also write a one-page HTML audit report to this file.")
 
 
@@ -215,9 +216,44 @@ def lineage_command(
         raise SystemExit(1)  # typer.Exit is swallowed by app(standalone_mode=False) in cli.main
 
 
+def migrate_command(
+    to: str = typer.Option(..., "--to", help="Destination tracking/registry URI, e.g. http://127.0.0.1:5000."),
+    source: str | None = typer.Option(
+        None,
+        "--from",
+        help="Source store URI [default: this project's embedded store, sqlite:///<state_dir>/mlflow.db].",
+    ),
+    models: list[str] = ModelsOpt,
+    params_file: str = ParamsOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Copy registered models (versions, tags, training runs, alias history, aliases) to another MLflow store."""
+    from pipelines.redact import redact_url as redact_uri
+    from pipelines.registry_migrate import migrate
+
+    params = _params(params_file, [], verbose, None, None)
+    if source is None:
+        source = f"sqlite:///{(Path(params.project.state_dir) / 'mlflow.db').resolve()}"
+    results = migrate(source, to, list(models) if models else None)
+    if not results:
+        typer.echo(f"no registered models in {redact_uri(source)}; nothing to migrate")
+    for r in results:
+        if "skipped" in r:
+            typer.echo(f"{r['name']}: {r['skipped']} in {redact_uri(to)}; nothing to do")
+            continue
+        moved = ", ".join(f"v{old}->v{new}" if old != new else f"v{new}" for old, new in r["versions"].items())
+        aliases = ", ".join(f"{a} v{v}" for a, v in sorted(r["aliases"].items())) or "no aliases"
+        typer.echo(
+            f"{r['name']}: copied {moved} ({r['runs']} runs, {r['history_events']} alias-history events) to "
+            f"{redact_uri(to)}; {aliases}"
+        )
+
+
 def add_commands(app: typer.Typer) -> None:
     """Attach `models`, `promote`, `rollback` and `lineage` to the main app."""
     app.add_typer(models_app, name="models")
     app.command("promote")(promote_command)
     app.command("rollback")(rollback_command)
     app.command("lineage")(lineage_command)
+    app.command("migrate")(migrate_command)
+    app.command("migrate")(migrate_command)

@@ -73,7 +73,10 @@ def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
 
     paths = StagePaths.from_params(params)
     id2label = label_map(paths)
-    target = paths.state / "cache" / "champions" / champion.name / str(champion.version)
+    from pipelines.stores import store_key
+
+    # Version numbers are per store: v1 on a server is not v1 of the embedded store.
+    target = paths.state / "cache" / "champions" / store_key(params) / champion.name / str(champion.version)
     if not target.exists():
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{champion.name}/{champion.version}")
         export = next(Path(local).rglob("serving.json")).parent
@@ -108,7 +111,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     from pipelines.train import read_tokenised_split
 
     paths = StagePaths.from_params(params)
-    train_summary = read_json(paths.train_summary, "train")
+    from pipelines.stores import training_summary_on_store
+
+    train_summary = training_summary_on_store(params)  # re-logged or adopted there when the store moved
     manifest = read_json(paths.tokenised_dir / "manifest.json", "tokenise")
     id2label = label_map(paths)
     task = get_task(params)

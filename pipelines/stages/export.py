@@ -8,7 +8,6 @@ from typing import Any
 from pipelines.config import Params
 from pipelines.errors import ParityError, StageInputError
 from pipelines.paths import StagePaths
-from pipelines.stages.common import read_json
 
 
 def run_export(params: Params) -> dict[str, Any]:
@@ -17,7 +16,9 @@ def run_export(params: Params) -> dict[str, Any]:
     from pipelines.tracking import configure_tracking
 
     paths = StagePaths.from_params(params)
-    train_summary = read_json(paths.train_summary, "train")
+    from pipelines.stores import training_summary_on_store
+
+    train_summary = training_summary_on_store(params)
     if not (paths.model_dir / "config.json").is_file():
         raise StageInputError(f"{paths.model_dir}: no trained model; run `nlpops train` first")
     configure_tracking(params)

@@ -42,7 +42,9 @@ def run_register(params: Params) -> dict[str, Any]:
     from pipelines.tracking import configure_tracking
 
     paths = StagePaths.from_params(params)
-    train_summary = read_json(paths.train_summary, "train")
+    from pipelines.stores import training_summary_on_store
+
+    train_summary = training_summary_on_store(params)
     read_json(paths.gate, "evaluate")
     parity = read_json(paths.parity_report, "export")
     if not parity.get("passed"):

@@ -55,6 +55,9 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
         )
         summary["run_id"] = run.info.run_id
         summary["base_model"] = str(model_path)
+        from pipelines.stores import store_identity
+
+        summary["tracking_store"] = store_identity(params)  # a later move to another store re-logs (stores.py)
         mlflow.log_metrics(
             {
                 "best_epoch": summary["best_epoch"],

@@ -14,7 +14,7 @@ help:
 	@echo "make run       create .venv, install, run the whole flow on the demo data"
 	@echo "make test      install and run the test suite (slow tests excluded)"
 	@echo "make test-all  also the slow tests (real MiniLM, real data sets)"
-	@echo "make lint      ruff + mypy"
+	@echo "make lint      ruff check, ruff format --check, mypy (CI runs it before the tests)"
 	@echo "make repro     dvc repro (the same stages, through DVC)"
 	@echo "make services  MLflow + Prefect servers on PostgreSQL (make services-down stops them)"
 
@@ -38,8 +38,9 @@ run: install data/raw/reviews.csv
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile --durations=15
 
+# Everything, the slow tests too (real MiniLM fine-tune, real data sets), in parallel like `make test`.
 test-all: install
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -m "slow or not slow" -q -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(BIN)/ruff check pipelines flows tests benchmarks

@@ -124,12 +124,31 @@ def test_first_run_registers_an_onnx_champion_with_lineage(project: Path, first_
     assert len(history) == 4  # one point per epoch
 
 
-def test_predict_uses_the_champion(project: Path, first_run) -> None:
+# Unambiguous sentences in the training data's vocabulary (conftest POSITIVE / NEGATIVE / FILLER: the tiny model's
+# tokenizer knows only those words), none of them a training row.
+UNAMBIGUOUS = {
+    "the film was really superb and brilliant": "positive",
+    "a lovely , clever and enjoyable story": "positive",
+    "great acting and a warm , fun plot": "positive",
+    "the film was really awful and terrible": "negative",
+    "a dull , boring and tedious story": "negative",
+    "bad acting and a weak , messy plot": "negative",
+}
+
+
+def test_predict_uses_the_champion_and_gets_clear_cases_right(project: Path, first_run) -> None:
     done = nlpops(project, "predict", "the film was really superb and brilliant", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["label"] in {"negative", "positive"} and 0.0 <= out["score"] <= 1.0
+    assert out["label"] == "positive" and 0.5 < out["score"] <= 1.0
     assert out["model"] == f"{MODEL_NAME} v1"
+
+    (project / "clear.txt").write_text("\n".join(UNAMBIGUOUS) + "\n", encoding="utf-8")
+    done = nlpops(project, "predict", "--file", "clear.txt", "--json")
+    assert done.returncode == 0, done.stderr
+    predicted = {row["text"]: row["label"] for row in map(json.loads, done.stdout.strip().splitlines())}
+    wrong = {text: label for text, label in predicted.items() if UNAMBIGUOUS[text] != label}
+    assert set(predicted) == set(UNAMBIGUOUS) and not wrong, f"wrong labels: {wrong}"
 
 
 def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:

@@ -1,8 +1,14 @@
 """Many retraining runs finishing at once: exactly one champion (the best), no lost alias, every move recorded.
 
-10 worker processes register a challenger each and promote it when it beats
-the champion they read, all released at the same instant: once on the SQLite default (file lock), once against a
-real `mlflow server` process on a throwaway PostgreSQL database (PostgreSQL advisory lock).
+10 worker processes register a challenger each and promote it when it beats the champion they read, all released
+at the same instant: once on the SQLite default (file lock), once against a real `mlflow server` process on a
+throwaway PostgreSQL database (PostgreSQL advisory lock).
+
+The control runs the same workers with `register.lock: none` and shows the race the lock prevents. So that it
+breaks every time (not only when the scheduler happens to interleave the workers badly), its workers meet at a
+barrier between reading the champion and moving the alias: without a lock every worker gets there, all decide
+against the same stale champion, and the invariants below fail. Under a lock that meeting cannot happen (one
+worker at a time is inside), which is what the lock is for.
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ from conftest import MlflowServer
 pytestmark = pytest.mark.integration
 
 WORKERS = 10
+MEET_TIMEOUT_S = 30.0
 PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 PARITY = {"passed": True, "max_abs_diff": 0.0, "atol": 1e-4, "rows": 1, "label_mismatches": 0}
 
 
-def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: Any, out: Any) -> None:
-    """One retraining run finishing: register a challenger, promote it if it beats the champion it reads."""
+def _worker(
+    uri: str, name: str, score: float, state_dir: str, lock: str, ready: Any, go: Any, out: Any, meet: Any
+) -> None:
+    """One retraining run finishing: register a challenger, promote it if it beats the champion it reads.
+
+    `meet` (the control only): a barrier every worker waits at after reading the champion, before deciding."""
     try:
         import mlflow
 
@@ -44,7 +55,9 @@ def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: An
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         mlflow.set_experiment("concurrency")
-        go.wait(120)
+        ready.put(os.getpid())
+        if not go.wait(120):
+            raise TimeoutError("never released by the test")
         with mlflow.start_run() as run:
             mlflow.log_metric("test_macro_f1", score)
         run_id = run.info.run_id
@@ -57,7 +70,10 @@ def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: An
         def decide(champion: Any) -> Any:
             reference = None if champion is None else {"macro_f1": float(champion.tags["metric.macro_f1"])}
             version = None if champion is None else str(champion.version)
-            time.sleep(0.05)  # widen the read-decide-move window: without the lock this race is lost
+            if meet is None:
+                time.sleep(0.05)  # widen the read-decide-move window (not a barrier): without a lock it is lost
+            else:  # the control: every worker has read the champion before any moves it (impossible under a lock)
+                meet.wait(MEET_TIMEOUT_S)
             return decide_gate(
                 {"macro_f1": score}, GateConfig(metric="macro_f1", min_score=0.0), reference, version, PARITY, 1.0
             )
@@ -78,9 +94,10 @@ def _worker(uri: str, name: str, score: float, state_dir: str, lock: str, go: An
         raise
 
 
-def run_concurrent_promotions(uri: str, tmp: Path, lock: str, name: str) -> list[dict]:
+def run_concurrent_promotions(uri: str, tmp: Path, lock: str, name: str, meet: bool = False) -> list[dict]:
     """WORKERS forked processes (mlflow already imported: no 12x import cost) with distinct scores in random
-    order, released together by one event; their results."""
+    order, released together by one event once every one is waiting for it; their results. `meet`: the control's
+    barrier between reading the champion and moving it."""
     import multiprocessing
 
     import mlflow  # noqa: F401  (imported before forking, so the children start warm)
@@ -91,13 +108,17 @@ def run_concurrent_promotions(uri: str, tmp: Path, lock: str, name: str) -> list
     scores = [round(0.60 + 0.02 * i, 2) for i in range(WORKERS)]
     random.Random(7).shuffle(scores)
     ctx = multiprocessing.get_context("fork")
-    go, out = ctx.Event(), ctx.Queue()
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    barrier = ctx.Barrier(WORKERS) if meet else None
+    state = str(tmp / "state")
     procs = [
-        ctx.Process(target=_worker, args=(uri, name, s, str(tmp / "state"), lock, go, out), daemon=True) for s in scores
+        ctx.Process(target=_worker, args=(uri, name, s, state, lock, ready, go, out, barrier), daemon=True)
+        for s in scores
     ]
     for proc in procs:
         proc.start()
-    time.sleep(1.0)  # let every child reach go.wait()
+    for _ in procs:  # every child is at go.wait() (deadline: a child that died shows up here, not as a hang)
+        ready.get(timeout=120)
     go.set()
     results = [out.get(timeout=300) for _ in procs]
     for proc in procs:
@@ -151,20 +172,41 @@ def check_outcome(client, name: str, results: list[dict]) -> dict[str, int]:
     return counts
 
 
-def test_concurrent_promotions_on_sqlite_with_the_file_lock(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
+def sqlite_store(tmp_path: Path) -> str:
+    """A fresh SQLite store, its tables created once in a process of its own (not in 10 at the same time, and no
+    connection to fork)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Create the tables once, in a process of its own (not in 12 at the same time, and no connection to fork).
     subprocess.run(
         [sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"],
         check=True,
         capture_output=True,
     )
+    return uri
+
+
+def test_concurrent_promotions_on_sqlite_with_the_file_lock(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = sqlite_store(tmp_path)
     results = run_concurrent_promotions(uri, tmp_path, "file", "race-sqlite")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert {r["lock"] for r in results} == {"file"}
     _with_uri(uri, lambda: check_outcome(client, "race-sqlite", results))
+
+
+def test_control_without_a_lock_the_race_is_lost(tmp_path: Path) -> None:
+    """`register.lock: none`, workers meeting between read and move: the invariants the lock keeps must fail."""
+    from mlflow import MlflowClient
+
+    uri = sqlite_store(tmp_path)
+    results = run_concurrent_promotions(uri, tmp_path, "none", "race-unlocked", meet=True)
+    assert {r["lock"] for r in results} == {"none"}
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with pytest.raises(AssertionError) as broken:
+        _with_uri(uri, lambda: check_outcome(client, "race-unlocked", results))
+    promoted = sum(r["promoted"] for r in results)
+    assert promoted == WORKERS, f"only {promoted} promotions: the workers did not all decide on a stale champion"
+    print(f"\ncontrol without a lock: {promoted} of {WORKERS} workers promoted; broken: {broken.value}")
 
 
 def _with_uri(uri: str, fn):

@@ -71,6 +71,27 @@ def _register(run_id: str, state_dir: Path) -> dict[str, Any]:
     )
 
 
+class FailedAttempts:
+    """Records every failed HTTP attempt the MLflow client makes (urllib3's Retry.increment is called once per
+    failed attempt, before the backoff sleep or the final error) and signals the first one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from urllib3.util.retry import Retry
+
+        self.times: list[float] = []
+        self.errors: list[str] = []
+        self.first = threading.Event()
+        original = Retry.increment
+
+        def increment(retry: Any, *args: Any, **kwargs: Any) -> Any:
+            self.times.append(time.monotonic())
+            self.errors.append(type(kwargs.get("error")).__name__)
+            self.first.set()
+            return original(retry, *args, **kwargs)
+
+        monkeypatch.setattr(Retry, "increment", increment)
+
+
 def test_registration_rides_out_a_server_restart_and_is_idempotent(
     server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,19 +104,43 @@ def test_registration_rides_out_a_server_restart_and_is_idempotent(
     with mlflow.start_run() as run:
         mlflow.log_metric("test_macro_f1", 0.9)
 
-    # Down now, back in 4 s: the client's retries (backoff 1, 2, 4, 8 s) must carry the registration through.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+    # The server goes down; it is started again only once the registration has hit it and failed (so the call is
+    # in flight during the outage, whatever the machine's speed). Starting takes 15-25 s here: the client's
+    # retries (backoff 0, 2, 4, 8, 16, 32, 64 s: two minutes) must carry the registration through.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     server.stop()
-    restart = threading.Timer(4.0, server.start)
+    failed = FailedAttempts(monkeypatch)
+    launched_at: list[float] = []  # the server cannot answer before it is launched again
+    up_at: list[float] = []
+    restart_errors: list[BaseException] = []
+
+    def restart_after_first_failure() -> None:
+        try:
+            failed.first.wait(timeout=120)  # deadline: never leave the module's server down
+            launched_at.append(time.monotonic())
+            server.start()
+            up_at.append(time.monotonic())
+        except BaseException as exc:
+            restart_errors.append(exc)
+
+    restart = threading.Thread(target=restart_after_first_failure, daemon=True)
     restart.start()
     started = time.monotonic()
     try:
         result = _register(run.info.run_id, tmp_path / "state")
+    except Exception as exc:
+        pytest.fail(f"the registration did not ride out the outage: {type(exc).__name__}: {str(exc)[:300]}")
     finally:
-        restart.join()
-    waited = time.monotonic() - started
-    assert waited >= 4.0, "the registration cannot have finished while the server was down"
+        returned_at = time.monotonic()
+        failed.first.set()  # a registration that never reached the server still lets the restart go ahead
+        restart.join(timeout=180)
+    assert not restart_errors, restart_errors
+    assert launched_at and up_at, "the server did not come back"
+    # The property: the call was made while the server was down, failed there, and finished only after it was back.
+    assert failed.times, "no failed attempt: the registration never met the outage"
+    assert started <= failed.times[0] < launched_at[0], "the first failed attempt was not during the outage"
+    assert returned_at > launched_at[0], "the registration returned before the server was back"
     assert result["version"] == "1" and result["promoted"] and not result["reused_existing_version"]
 
     again = _register(run.info.run_id, tmp_path / "state")  # e.g. the Prefect task retried after a timeout
@@ -103,7 +148,12 @@ def test_registration_rides_out_a_server_restart_and_is_idempotent(
     client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
     assert client.get_model_version_by_alias(NAME, "champion").version == "1"
-    print(f"\nregistration through a server restart: {waited:.1f} s, 1 version, champion v1")
+    print(
+        f"\nregistration through a server restart: {len(failed.times)} failed attempts "
+        f"({', '.join(sorted(set(failed.errors)))}), the first {failed.times[0] - started:.1f} s in; server "
+        f"relaunched after {launched_at[0] - started:.1f} s, up after {up_at[0] - started:.1f} s; registration "
+        f"returned after {returned_at - started:.1f} s; 1 version, champion v1"
+    )
 
 
 def test_a_server_that_stays_down_is_one_line_and_changes_nothing(server: MlflowServer, tmp_path: Path) -> None:

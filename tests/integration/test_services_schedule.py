@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -139,6 +140,25 @@ def _wait_for_deployment(stack: dict, timeout: float = 120.0):
             time.sleep(1)
 
 
+def _task_names(flow_run_id: Any) -> list[str]:
+    """The tasks a flow run ran, by task name (Prefect names a task run `<task name>-<suffix>`)."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+            )
+
+    return sorted(run.name.rsplit("-", 1)[0] for run in asyncio.run(read()))
+
+
 def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack: dict) -> None:
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
@@ -168,6 +188,12 @@ def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack
         assert tags["params.hash"] and tags["code.sha256"] and tags["run_id"] == champion.run_id
         assert client.get_run(champion.run_id).info.status == "FINISHED"
 
+        first_tasks = _task_names(first.id)
+        assert {"check-changes", "validate", "train", "register"} <= set(first_tasks), first_tasks
+        experiment = client.get_experiment_by_name("sched-test")
+        assert experiment is not None
+        runs_before = len(client.search_runs([experiment.experiment_id]))
+
         started = time.perf_counter()
         second = run_deployment(f"nlpops-retrain/{DEPLOYMENT}", timeout=300, poll_interval=1)
         wall = time.perf_counter() - started
@@ -175,9 +201,11 @@ def test_scheduled_runs_register_a_champion_then_skip_when_nothing_changed(stack
         assert second.state.name == "Skipped"
         assert "nothing changed since champion v1" in (second.state.message or "")
         assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == 1
+        # Ended at once: the change check was its only task, and it started no tracking run.
+        assert _task_names(second.id) == ["check-changes"]
+        assert len(client.search_runs([experiment.experiment_id])) == runs_before
         run_seconds = (second.end_time - second.start_time).total_seconds()
         print(f"\nskipped scheduled run: {run_seconds:.1f} s in the flow run, {wall:.1f} s from trigger to done")
-        assert run_seconds < 60
 
     # The CLI sees the same verdict against the same servers.
     changes = stack["nlpops"]("changes", extra={"MLFLOW_TRACKING_URI": stack["MLFLOW_TRACKING_URI"]})

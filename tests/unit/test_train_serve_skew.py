@@ -188,7 +188,7 @@ class FeedRecorder:
 def classifier_serving_ids(
     case: SkewCase, tokenizer_dir: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> list[Encoded]:
-    """The text-classification runtime on an export folder laid out like export_onnx's, fed the case's rows in batches."""
+    """The text-classification runtime on an export folder laid out like export_onnx's, fed rows in batches."""
     import pipelines.serving as serving
     from pipelines.pretrained import load_tokenizer
 

@@ -22,9 +22,10 @@ import pandas as pd
 from pipelines.config import Params
 from pipelines.data.load import read_table
 from pipelines.data.validate import label_values
+from pipelines.hashing import file_digest
+from pipelines.paths import SPLITS
 from pipelines.errors import DataError, DataValidationError
 
-SPLITS = ("train", "validation", "test")
 QUARANTINE = "quarantine.parquet"
 
 # Backslash escapes (AG News): "\$" -> "$"; a run of 2+ backslashes (title\\body separator) -> space.
@@ -203,13 +204,6 @@ def _split_indices(
     result = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     return result, stratify, note
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_parquet(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
@@ -436,13 +430,13 @@ def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
         _write_parquet(frame, keep_cols, target)
         sizes[name] = len(frame)
         class_counts[name] = {label: int(vc.get(label, 0)) for label in label_names}
-        digests[target.name] = _sha256(target)
+        digests[target.name] = file_digest(target)
 
     label_map = {"id2label": {str(i): n for n, i in label2id.items()}, "label2id": label2id}
     map_path = out_dir / "label_map.json"
     map_path.write_text(json.dumps(label_map, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    digests[map_path.name] = _sha256(map_path)
-    digests[QUARANTINE] = _sha256(quarantine_path)
+    digests[map_path.name] = file_digest(map_path)
+    digests[QUARANTINE] = file_digest(quarantine_path)
 
     summary: dict[str, Any] = {
         **base,

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import DataConfig
-from pipelines.errors import DataError
+from pipelines.errors import first_line, DataError
 
 log = logging.getLogger("nlpops.data")
 
@@ -431,21 +431,17 @@ def _read_parquet(path: Path, data: DataConfig) -> pd.DataFrame:
 
         schema_names = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises many types; none may escape
-        raise DataError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable parquet file ({first_line(exc)})") from None
     missing = [c for c in mapping.values() if c not in schema_names]
     if missing:
         raise DataError(f"{path}: missing column '{missing[0]}' (columns found: {_fmt_cols(schema_names)})")
     try:
         table = pq.read_table(path, columns=list(dict.fromkeys(mapping.values())))
     except Exception as exc:
-        raise DataError(f"{path}: cannot read parquet data ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot read parquet data ({first_line(exc)})") from None
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     frame = pd.DataFrame({canon: _arrow_to_str(table.column(src)) for canon, src in mapping.items()})
     frame["row"] = np.arange(1, table.num_rows + 1, dtype=np.int64)
     return frame
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -34,6 +34,7 @@ import pandas as pd
 
 from pipelines.config import Params
 from pipelines.data.load import read_table
+from pipelines.hashing import file_digest
 from pipelines.errors import ConfigError, DataValidationError
 
 MAX_EXAMPLE_ROWS = 5
@@ -235,13 +236,6 @@ def _write_data_docs(results: list[tuple[str, Any]], docs_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------- the batches
 
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _blank_to_null(series: pd.Series) -> pd.Series:
@@ -565,7 +559,7 @@ def validate_data(params: Params, report_path: Path, docs_dir: Path | None = Non
             {
                 "path": path,
                 "role": role,
-                "sha256": _sha256(path),
+                "sha256": file_digest(path),
                 "rows": len(frame),
                 "encoding": frame.attrs.get("encoding"),
                 "success": all(c["success"] for c in checks),

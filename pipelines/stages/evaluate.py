@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params
@@ -65,7 +64,6 @@ def _recorded_slices(champion: Any, tags: dict[str, str]) -> dict[str, Any] | No
 
 def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
     """The champion's registered ONNX model scored on the current test split by its task's runtime."""
-    import mlflow
     import pandas as pd
 
     from pipelines.serving import load_runtime
@@ -73,16 +71,9 @@ def score_champion(params: Params, champion: Any) -> dict[str, Any] | None:
 
     paths = StagePaths.from_params(params)
     id2label = label_map(paths)
-    from pipelines.stores import store_key
+    from pipelines.predict import registered_export_dir
 
-    # Version numbers are per store: v1 on a server is not v1 of the embedded store.
-    target = paths.state / "cache" / "champions" / store_key(params) / champion.name / str(champion.version)
-    if not target.exists():
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{champion.name}/{champion.version}")
-        export = next(Path(local).rglob("serving.json")).parent
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(export, target)
-    runtime = load_runtime(target)
+    runtime = load_runtime(registered_export_dir(params, champion.name, str(champion.version)))
     task = get_task(params)
     test = pd.read_parquet(paths.clean_split("test"))
     predictions = task.predictions_from_runtime(runtime.predict(task.runtime_inputs(test)), id2label)

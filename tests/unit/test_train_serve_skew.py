@@ -263,3 +263,84 @@ def test_training_and_serving_produce_the_same_ids(
             assert train_types is not None and 1 in train_types, f"{where}: no second segment"
         else:  # training sends no token_type_ids: the model uses zeros, and serving must send exactly that
             assert train_types is None and serve_types is not None and not any(serve_types), where
+
+
+# ------------------------------------------------------------------------------------------------ token classification
+
+
+def conll_sentences(limit: int = 300) -> pd.DataFrame:
+    """Real CoNLL-2003 dev sentences as the clean stage writes them (tokens, tags, tag_ids)."""
+    path = shared_data() / "conll2003" / "dev.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the real data sets are read from ../shared/data next to the project")
+    sentences, words = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if words:
+                sentences.append(words)
+                words = []
+            if len(sentences) >= limit:
+                break
+            continue
+        words.append(line.split()[0])
+    return pd.DataFrame({"tokens": sentences, "tags": [["O"] * len(s) for s in sentences]}).assign(
+        tag_ids=lambda f: [[0] * len(s) for s in f["tokens"]]
+    )
+
+
+@pytest.mark.parametrize("max_length", [128, 16])  # 16: most sentences become several overlapping windows
+def test_token_classification_training_and_serving_send_the_same_windows(
+    max_length: int, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.serving as serving
+    from pipelines.config import TokeniseConfig
+    from pipelines.paths import SPLITS
+    from pipelines.pretrained import load_tokenizer
+    from pipelines.tasks import get_task
+    from pipelines.tokenise import tokenise_splits
+
+    frame = conll_sentences()
+    task = get_task("token_classification", stride=4)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for split in SPLITS:
+        frame.to_parquet(clean / f"{split}.parquet", index=False)
+    tokenise_splits(
+        clean, tokenizer_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(max_length=max_length), task
+    )
+    trained = [tuple(int(i) for i in ids) for ids in pd.read_parquet(tmp_path / "tok" / "train.parquet")["input_ids"]]
+
+    export = tmp_path / "export"
+    export.mkdir()
+    load_tokenizer(tokenizer_dir).save_pretrained(export / serving.TOKENIZER_DIR)
+    meta = {
+        "task": "token_classification",
+        "max_length": max_length,
+        "stride": 4,
+        "input_names": ["input_ids", "attention_mask"],
+        "output_names": ["logits"],
+        "id2label": {"0": "O", "1": "B-PER"},
+    }
+    (export / serving.SERVING_FILE).write_text(json.dumps(meta))
+    (export / serving.ONNX_FILE).write_bytes(b"not read: the session is a recorder")
+
+    class TokenRecorder(FeedRecorder):
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            self.feeds.append(feeds)
+            return [np.zeros((*feeds["input_ids"].shape, 2), dtype=np.float32)]
+
+    recorder = TokenRecorder(["input_ids", "attention_mask"], 2)
+    monkeypatch.setattr(serving, "ort_session", lambda path: recorder)
+    runtime = serving.load_runtime(export)
+    results = runtime.predict(frame["tokens"].tolist(), batch_size=SERVING_BATCH)
+    served = [
+        tuple(int(i) for i in ids[: int(mask.sum())])
+        for feeds in recorder.feeds
+        for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"], strict=True)
+    ]
+    assert len(served) == len(trained) >= len(frame)
+    if max_length == 16:
+        assert len(trained) > len(frame), "no sentence was windowed: this case does not test windows"
+    for i, (a, b) in enumerate(zip(trained, served, strict=True)):
+        assert a == b, f"feature {i}: ids differ from position {_first_difference(a, b)}"
+    assert [len(r["tags"]) for r in results] == [len(t) for t in frame["tokens"]]  # every word predicted once

@@ -37,6 +37,9 @@ def _setup(params_file: str, overrides: list[str] | None, verbose: bool) -> Para
     global _verbose
     _verbose = verbose
     params = load_params(params_file, overrides or [])
+    from pipelines.dvc_experiment import anchor_state_dir
+
+    params = anchor_state_dir(params)  # a queued `dvc exp run` keeps using the project's MLflow store
     state = Path(params.project.state_dir).resolve()
     from pipelines.statedir import ensure_writable_dir
 

@@ -83,7 +83,13 @@ STAGES: dict[str, StageSpec] = {
             ("project", "gate", "register"),
             lambda p, sp: [sp.export_dir, sp.gate, sp.metrics, _slices_path(sp), sp.train_summary],
             lambda p, sp: [sp.registration],
-            ("pipelines.registry", "pipelines.registry_lock", "pipelines.evaluate", "pipelines.serving"),
+            (
+                "pipelines.registry",
+                "pipelines.registry_lock",
+                "pipelines.evaluate",
+                "pipelines.serving",
+                "pipelines.dvc_experiment",
+            ),
         ),
     )
 }
@@ -240,6 +246,7 @@ def pipeline_code_digest() -> str:
 
 
 def _lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
+    from pipelines.dvc_experiment import experiment_tags
     from pipelines.lineage import data_version, git_state, package_versions
 
     data = data_version(params.data.path)
@@ -261,6 +268,7 @@ def _lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
         "train.seed": str(params.train.seed),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    tags.update(experiment_tags())  # dvc.exp_name / dvc.exp_baseline_rev inside `dvc exp run`
     return tags
 
 
@@ -533,6 +541,7 @@ def run_register(params: Params) -> dict[str, Any]:
     under the promotion lock against the champion of that moment, and champion moves only when it passed."""
     import mlflow
 
+    from pipelines.dvc_experiment import current_experiment, promotion_policy
     from pipelines.evaluate import decide_gate
     from pipelines.registry import register_challenger
     from pipelines.registry_lock import LockSettings
@@ -545,6 +554,7 @@ def run_register(params: Params) -> dict[str, Any]:
     if not parity.get("passed"):
         raise ParityError(f"{paths.parity_report}: ONNX parity failed; nothing registered")
     configure_tracking(params)
+    policy = promotion_policy(params.register_.promote, current_experiment())
     metrics = _read_json(paths.metrics, "evaluate")
     sliced = _read_json(_slices_path(paths), "evaluate")
     challenger = {**metrics, "slices": sliced.get("slices", {})}
@@ -590,6 +600,8 @@ def run_register(params: Params) -> dict[str, Any]:
             challenger_alias=params.register_.challenger_alias,
             champion_alias=params.register_.champion_alias,
             lock=LockSettings.from_params(params),
+            allow_promotion=policy.allowed,  # register.promote: no accidental promotion from `dvc exp run`
+            hold_reason=policy.reason,
         )
     except Exception as exc:
         _raise_if_registry_unreachable(params, exc)

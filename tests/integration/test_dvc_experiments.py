@@ -24,7 +24,9 @@ import pytest
 import yaml
 from conftest import build_tiny_model, clean_env, copy_repo, git, make_sentiment_rows
 
-pytestmark = pytest.mark.integration
+# The fixtures run about 20 pipeline stages as separate processes (DVC starts each one): more than the default
+# 900 s per test on a loaded two-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "exp-sentiment"

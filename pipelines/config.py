@@ -215,6 +215,12 @@ class RegisterConfig(Section):
         None, description="postgresql://... for the advisory lock shared by every host; NLPOPS_LOCK_URL overrides."
     )
     lock_timeout_s: float = Field(300.0, gt=0.0, description="Give up waiting for the promotion lock after this.")
+    promote: Literal["auto", "gate", "never"] = Field(
+        "auto",
+        description="When champion moves: auto = when the gate passes, except in a DVC experiment (`dvc exp run`: "
+        "registered and challenger only); gate = when the gate passes, in DVC experiments too; never = only by "
+        "`nlpops models promote` (pipelines/dvc_experiment.py).",
+    )
 
 
 # Settings that may point at a credential-protected service. They are left out of every params hash (so a moved

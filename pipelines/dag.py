@@ -31,7 +31,8 @@ class StageSpec:
     outs: Callable[[Params, StagePaths], list[Path]]
     code: tuple[str, ...]
     uses_task: bool = False  # the task's own modules are code deps too
-    # dvc.yaml only: how outputs are declared (uncached, metrics, plots), as relative path templates
+    # dvc.yaml only: which outputs are metrics or plots, as paths relative to the artifacts dir. Every output is
+    # cached (.dvc/cache), so `dvc exp apply`, `dvc checkout` and queued experiments can restore any of them.
     dvc: dict[str, Any] = field(default_factory=dict)
 
     def function(self) -> Callable[[Params], dict[str, Any]]:
@@ -69,7 +70,6 @@ STAGES: dict[str, StageSpec] = {
             lambda p, sp: [sp.validation_report, sp.data_docs],
             ("pipelines.stages.data",),
             uses_task=True,
-            dvc={"uncached": ["validate/report.json", "validate/data_docs"]},
         ),
         StageSpec(
             "clean",
@@ -103,10 +103,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.provenance",
             ),
             uses_task=True,
-            dvc={
-                "uncached": ["model", "train/summary.json", "train/history.json"],
-                "plots": {"train/history.json": {"x": "epoch"}},
-            },
+            dvc={"plots": {"train/history.json": {"x": "epoch"}}},
         ),
         StageSpec(
             "evaluate",
@@ -122,10 +119,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.provenance",
             ),
             uses_task=True,
-            dvc={
-                "uncached": ["evaluate/gate.json", "evaluate/slices.json", "evaluate/views"],
-                "metrics": ["evaluate/metrics.json"],
-            },
+            dvc={"metrics": ["evaluate/metrics.json"]},
         ),
         StageSpec(
             "export",
@@ -141,7 +135,6 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.provenance",
             ),
             uses_task=True,
-            dvc={"uncached": ["export"]},
         ),
         StageSpec(
             "register",
@@ -158,9 +151,9 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.serving",
                 "pipelines.lineage",
                 "pipelines.provenance",
+                "pipelines.dvc_experiment",
             ),
             uses_task=True,
-            dvc={"uncached": ["register/registration.json"]},
         ),
     )
 }
@@ -263,7 +256,6 @@ def render_dvc_yaml(params: Params) -> str:
         if spec.uses_task:
             code.append("pipelines/tasks")
         deps += [c for c in code if c not in deps]
-        uncached = {f"{root}/{p}" for p in spec.dvc.get("uncached", [])}
         metrics = [f"{root}/{p}" for p in spec.dvc.get("metrics", [])]
         plots = {f"{root}/{p}": v for p, v in spec.dvc.get("plots", {}).items()}
         outs: list[Any] = []
@@ -271,7 +263,7 @@ def render_dvc_yaml(params: Params) -> str:
             text = str(out)
             if text in metrics or text in plots:
                 continue
-            outs.append({text: {"cache": False}} if text in uncached else text)
+            outs.append(text)
         stage: dict[str, Any] = {
             "cmd": f"nlpops {name}",
             "deps": deps,
@@ -279,9 +271,9 @@ def render_dvc_yaml(params: Params) -> str:
             "outs": outs,
         }
         if metrics:
-            stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+            stage["metrics"] = list(metrics)
         if plots:
-            stage["plots"] = [{p: {"cache": False, **v}} for p, v in plots.items()]
+            stage["plots"] = [{p: dict(v)} for p, v in plots.items()]
         stages[name] = stage
     curves = [{"training_curves": {"x": "epoch", "y": {f"{root}/train/history.json": ["train_loss", "val_loss"]}}}]
     return _DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": curves}, sort_keys=False, width=120)

@@ -42,5 +42,8 @@ def add_data(source: str | Path, dest_dir: str | Path = "data/raw", root: str | 
     done = _dvc("add", str(dest), cwd=root)
     if done.returncode != 0:
         raise DataError(f"{dest}: dvc add failed: {(done.stderr or done.stdout).strip()}")
+    from pipelines.dvc_visibility import require_visible
+
+    require_visible(Path(f"{dest}.dvc").resolve(), root)  # else `dvc exp run` would delete the data file
     _dvc("push", "--quiet", str(dest) + ".dvc", cwd=root)  # best effort: the remote may be unset
     return dest

@@ -216,8 +216,13 @@ def register_challenger(
     challenger_alias: str,
     champion_alias: str,
     lock: LockSettings,
+    allow_promotion: bool = True,
+    hold_reason: str = "",
 ) -> dict[str, Any]:
     """Register the run's model once, decide the final gate against the champion of *this moment*, move aliases.
+
+    With allow_promotion False (register.promote, pipelines/dvc_experiment.py) a version that passes the gate is
+    registered and made challenger, but champion stays; `hold_reason` is kept on the version as `promotion.held`.
 
     `log_model()` logs the model on the run and returns its URI (skipped when the run already has a version).
     `decide(champion_version_or_None)` returns a GateDecision. Deciding and moving `champion` happen under the
@@ -247,14 +252,21 @@ def register_challenger(
         client.set_model_version_tag(name, number, "gate.decision", decision.summary())
         events = [move_alias(name, challenger_alias, number, f"new challenger from run {run_id}", "register")]
         promote = bool(decision.passed) and (previous is None or str(previous.version) != number)
+        held = promote and not allow_promotion
+        if held:
+            promote = False
+            client.set_model_version_tag(name, number, "promotion.held", hold_reason or "promotion not allowed")
         if promote:
             reason = "gate passed: " + "; ".join(decision.reasons)
             events.append(move_alias(name, champion_alias, number, reason, "promote"))
         client.set_model_version_tag(name, number, GATE_FINAL_TAG, _now())
         champion = alias_version(name, champion_alias)
-    return _result(
+    out = _result(
         name, number, version, run_id, reused, promote, previous, champion, events, {"gate": decision}, backend
     )
+    if held:
+        out["promotion_held"] = hold_reason or "promotion not allowed"
+    return out
 
 
 def _result(

@@ -48,6 +48,9 @@ def setup(
     install_log_redaction()  # every log record from here on, any library, any level: credentials hidden
     extra = [f"project.registered_model={model}"] if model else []
     params = load_params(params_file, [*(overrides or []), *extra], experiment)
+    from pipelines.dvc_experiment import anchor_state_dir
+
+    params = anchor_state_dir(params)  # a queued `dvc exp run` keeps using the project's MLflow store
     state_dir = Path(params.project.state_dir).resolve()
     from pipelines.statedir import ensure_writable_dir
 

@@ -126,4 +126,7 @@ def lineage_tags(params: Params, paths: StagePaths) -> dict[str, str]:
     }
     tags["data.files"] = json.dumps(raw_file_records(params, clean), separators=(",", ":"))[:4900]
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    from pipelines.dvc_experiment import experiment_tags
+
+    tags.update(experiment_tags())  # dvc.exp_name / dvc.exp_baseline_rev inside `dvc exp run`
     return redact_settings(tags)  # these go on the run and on the registered version

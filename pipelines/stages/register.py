@@ -50,6 +50,9 @@ def run_register(params: Params) -> dict[str, Any]:
     if not parity.get("passed"):
         raise ParityError(f"{paths.parity_report}: ONNX parity failed; nothing registered")
     configure_tracking(params)
+    from pipelines.dvc_experiment import current_experiment, promotion_policy
+
+    policy = promotion_policy(params.register_.promote, current_experiment())
     metrics = read_json(paths.metrics, "evaluate")
     sliced = read_json(paths.slices, "evaluate")
     challenger = {**metrics, "slices": sliced.get("slices", {})}
@@ -100,6 +103,8 @@ def run_register(params: Params) -> dict[str, Any]:
             challenger_alias=params.register_.challenger_alias,
             champion_alias=params.register_.champion_alias,
             lock=LockSettings.from_params(params),
+            allow_promotion=policy.allowed,  # register.promote: no accidental promotion from `dvc exp run`
+            hold_reason=policy.reason,
         )
     except Exception as exc:
         _raise_if_registry_unreachable(params, exc)

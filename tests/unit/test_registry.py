@@ -110,7 +110,7 @@ def _log_model(run_id: str):
     return log
 
 
-def _register(run_id: str, value: float, tmp_path: Path, decide=None) -> dict:
+def _register(run_id: str, value: float, tmp_path: Path, decide=None, **options) -> dict:
     cfg = GateConfig(metric="macro_f1", min_score=0.0)
 
     def by_metric(champion):
@@ -127,6 +127,7 @@ def _register(run_id: str, value: float, tmp_path: Path, decide=None) -> dict:
         "challenger",
         "champion",
         LockSettings(state_dir=str(tmp_path / "state")),
+        **options,
     )
 
 
@@ -144,6 +145,20 @@ def test_register_promotes_only_a_better_challenger_and_rerunning_is_idempotent(
     assert len(registry.alias_history("m")) == events
     better = _register(_new_run(0.9), 0.9, tmp_path)
     assert better["promoted"] and better["previous_champion"] == "1" and better["champion"] == "3"
+
+
+def test_a_held_promotion_registers_a_passing_challenger_and_keeps_the_champion(store, tmp_path: Path) -> None:
+    _register(_new_run(0.8), 0.8, tmp_path)
+    why = "DVC experiment 'ep2' with register.promote=auto"
+    held = _register(_new_run(0.9), 0.9, tmp_path, allow_promotion=False, hold_reason=why)
+    assert not held["promoted"] and held["champion"] == "1" and held["promotion_held"] == why
+    assert held["gate"]["passed"] is True  # it did beat the champion: promotable by hand
+    tags = store.get_model_version("m", "2").tags
+    assert tags["gate.passed"] == "true" and tags["promotion.held"] == why
+    assert str(registry.alias_version("m", "challenger").version) == "2"
+    assert [e["to"] for e in registry.alias_history("m", "champion")] == ["1"]
+    event = registry.promote("m", "2", "tried it with dvc exp", "champion", LockSettings(str(tmp_path / "state")))
+    assert event["action"] == "promote" and event["to"] == "2"
 
 
 def test_a_register_that_fails_halfway_leaves_aliases_and_reruns_cleanly(store, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ STAGES: dict[str, StageSpec] = {
             ("model", "train", "task"),
             lambda p, sp: [sp.tokenised_dir, sp.label_map],
             lambda p, sp: [sp.model_dir, sp.train_summary, sp.train_history],
-            ("pipelines.train", "pipelines.tasks.text_classification"),
+            ("pipelines.train", "pipelines.finetuning", "pipelines.tasks.text_classification"),
         ),
         StageSpec(
             "evaluate",

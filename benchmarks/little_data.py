@@ -153,6 +153,9 @@ def main() -> None:
             for name, settings in configs.items():
                 result = run_one(root, model_path, settings, seed, args.threads)
                 results[name][str(seed)] = result
+                partial = args.out.with_suffix(".partial.json")  # survives an interrupted run
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({"configs": configs, "results": results}, indent=2))
                 print(
                     f"seed {seed} {name:>14}: dev accuracy {result['dev_accuracy']:.4f}  best epoch "
                     f"{result['best_epoch']}/{result['epochs_run']}  train {result['train_seconds']:.0f} s",

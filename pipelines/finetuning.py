@@ -293,19 +293,19 @@ def reinit_top_layers(model: Any, n: int) -> list[str]:
     with torch.no_grad():
         for _, top in modules:
             for module in top.modules():
+                weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
                 if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                     module.weight.normal_(0.0, std)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
                     if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
                         module.weight[module.padding_idx].zero_()
                 elif "norm" in type(module).__name__.lower():
-                    if getattr(module, "weight", None) is not None:
-                        module.weight.fill_(1.0)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
+                    if isinstance(weight, torch.Tensor):
+                        weight.fill_(1.0)
                 elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
                     module.reset_parameters()  # type: ignore[operator]
+                    continue
+                if isinstance(bias, torch.Tensor):
+                    bias.zero_()
     return [name for name, _ in modules]
 
 
@@ -317,9 +317,9 @@ Recipe = Literal["default", "little_data"]
 # Only fields the user left unset are changed (pydantic's model_fields_set): a value in params.yaml or --set wins.
 LITTLE_DATA: dict[str, dict[str, Any]] = {
     "train": {
-        "epochs": 8,
+        "epochs": 6,
         "early_stopping_patience": 3,
-        "learning_rate": 3e-5,
+        "learning_rate": 5e-5,
         "head_learning_rate": 1e-3,
         "layer_lr_decay": 0.9,
         "warmup_ratio": 0.1,

@@ -330,7 +330,7 @@ BASE = {"epochs": 5, "learning_rate": 5e-3, "batch_size": 8, "warmup_ratio": 0.0
     [
         ({"layer_lr_decay": 0.8, "head_learning_rate": 1e-3}, {}),
         ({"gradual_unfreezing": True}, {}),
-        ({}, {"reinit_top_layers": 1}),
+        ({"learning_rate": 2e-3}, {"reinit_top_layers": 1}),
         ({"recipe": "auto"}, {}),  # 140 rows: little_data, with the learning rate and epochs set here
     ],
     ids=["llrd+head_lr", "gradual_unfreezing", "reinit", "recipe_auto"],

@@ -142,6 +142,13 @@ class ModelConfig(Section):
     freeze_embeddings: bool = False
     freeze_layers: int = Field(0, ge=0, description="Freeze the first N encoder layers.")
     train_last_layers: int | None = Field(None, ge=0, description="Train only the last N encoder layers (+ head).")
+    # --- fine-tuning strategies (pipelines/finetuning.py)
+    reinit_top_layers: int = Field(
+        0,
+        ge=0,
+        description="Re-initialise the pooler (if any) and the top N encoder layers before training (few-sample "
+        "fine-tuning); 0 = keep every pre-trained weight.",
+    )
 
 
 class TrainConfig(Section):
@@ -173,6 +180,28 @@ class TrainConfig(Section):
     resume: bool = Field(
         True, description="Resume an interrupted training run from its last checkpoint (same data, params, code)."
     )
+    # --- fine-tuning strategies (pipelines/finetuning.py)
+    head_learning_rate: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Learning rate of the new task head; empty = learning_rate."
+    )
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise learning-rate decay d: layer i of L trains at learning_rate*d**(L-i), the "
+        "embeddings at learning_rate*d**(L+1), the head at head_learning_rate; 1 = off.",
+    )
+    gradual_unfreezing: bool = Field(
+        False,
+        description="ULMFiT: epoch 1 trains the head and the top layer, each further epoch one more layer "
+        "downwards, the embeddings last.",
+    )
+    recipe: Literal["auto", "default", "little_data"] = Field(
+        "default",
+        description="little_data: more epochs with early stopping, lower LR, LLRD, a faster head; auto: "
+        "little_data below little_data_rows training rows. Keys set in params.yaml or --set always win.",
+    )
+    little_data_rows: int = Field(1000, ge=1, description="recipe=auto picks little_data below this many rows.")
 
 
 class GateConfig(Section):

@@ -216,7 +216,7 @@ def training_state_key(
             "model_cfg": model_cfg.model_dump(mode="json"),
             "task": task.options.model_dump(mode="json"),
             "pad": pad_token_id,
-            "code": source_digest("pipelines.train"),
+            "code": source_digest("pipelines.train", "pipelines.finetuning"),
         }
     )
 
@@ -300,6 +300,13 @@ def train_model(
     val_rows = read_tokenised_split(tokenised_dir / "validation.parquet")
     if train_cfg.max_train_rows:
         train_rows = subset_rows(train_rows, train_cfg.max_train_rows, train_cfg.seed)
+    # --- fine-tuning strategies (pipelines/finetuning.py): recipe first, it may change train/model settings
+    from pipelines import finetuning
+
+    choice = finetuning.resolve_recipe(train_cfg, model_cfg, len(set(train_rows["example_id"])))
+    train_cfg, model_cfg = choice.train, choice.model
+    logging.getLogger(__name__).info("recipe %s (%s); set: %s", choice.recipe, choice.reason, choice.applied or "-")
+    # ---
     if val_frame is None:  # the clean validation split sits next to the tokenised one (artifacts/clean)
         import pandas as pd
 
@@ -307,14 +314,11 @@ def train_model(
 
     model = task.build_model(model_path, id2label, model_cfg)
     freezing = apply_freezing(model, model_cfg)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": train_cfg.weight_decay},
-        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=train_cfg.learning_rate)
+    # --- fine-tuning strategies: re-initialised top layers, LLRD/head-LR groups, gradual unfreezing
+    reinitialised = finetuning.reinit_top_layers(model, model_cfg.reinit_top_layers)
+    optimizer = finetuning.build_optimizer(model, train_cfg)
+    unfreezer = finetuning.GradualUnfreezer(model) if train_cfg.gradual_unfreezing else None
+    # ---
     steps_per_epoch = math.ceil(len(train_rows["input_ids"]) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
     if train_cfg.max_steps:
@@ -384,6 +388,8 @@ def train_model(
         if train_cfg.max_steps and step >= train_cfg.max_steps:
             break
         model.train()
+        if unfreezer is not None:  # fine-tuning strategies: trainable set is a function of the epoch alone
+            logging.getLogger(__name__).info("epoch %s: %s", epoch, unfreezer.apply(epoch))
         seed = train_cfg.seed + epoch
         if train_cfg.length_grouping:
             batches = length_grouped_batches(
@@ -418,7 +424,7 @@ def train_model(
             "train_loss": epoch_loss / max(seen, 1),
             "val_loss": predictions.loss,
             **{f"val_{name}": float(scores[name]) for name in task.spec.metrics},
-            "learning_rate": scheduler.get_last_lr()[0],
+            "learning_rate": finetuning.scheduled_lr(optimizer, train_cfg.learning_rate),  # fine-tuning strategies
             "epoch_seconds": time.perf_counter() - epoch_started,
         }
         history.append(record)
@@ -455,4 +461,10 @@ def train_model(
         "resumed_from": resumed_from,
         "history": history,
         **freezing,
+        # fine-tuning strategies: the caller logs recipe/recipe_reason as MLflow tags
+        "recipe": choice.recipe,
+        "recipe_reason": choice.reason,
+        "recipe_applied": choice.applied,
+        "learning_rates": finetuning.describe_groups(optimizer),
+        "reinitialised": reinitialised,
     }

@@ -71,6 +71,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
                 {
                     "train.recipe": str(summary["recipe"]),
                     "train.recipe_reason": str(summary.get("recipe_reason", ""))[:4000],
+                    **{f"recipe.{k}": str(v) for k, v in (summary.get("recipe_applied") or {}).items()},
                 }
             )
         write_json(paths.train_history, {"history": summary["history"]})

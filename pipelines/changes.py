@@ -1,6 +1,6 @@
 """Has anything changed since the champion was made? The scheduled run's first question.
 
-The champion's registry version carries lineage tags written at registration (pipelines.runner._lineage_tags):
+The champion's registry version carries lineage tags written at registration (pipelines.stages.common.lineage_tags):
 the DVC md5 of the raw data, the hash of every param, and the sha256 of the pipeline's source. The same facts
 are computed for the workspace now; when they all agree there is nothing new to learn from and the scheduled
 run ends as skipped. A commit that touches no pipeline code (docs, tests) does not trigger a retrain; older

@@ -182,11 +182,11 @@ def relog_training_run(params: Params, summary: dict[str, Any]) -> str:
     """
     import mlflow
 
-    from pipelines.runner import _lineage_tags, log_data_quality
+    from pipelines.stages.common import lineage_tags, log_data_quality
     from pipelines.tracking import flatten
 
     paths = StagePaths.from_params(params)
-    tags = {**_lineage_tags(params, paths), "model.base": str(summary.get("base_model", ""))}
+    tags = {**lineage_tags(params, paths), "model.base": str(summary.get("base_model", ""))}
     tags.update(_original_tags(summary))
     tags.update(
         {
@@ -207,7 +207,7 @@ def relog_training_run(params: Params, summary: dict[str, Any]) -> str:
         for report in (paths.validation_report, paths.clean_summary, paths.label_map):
             if report.is_file():
                 mlflow.log_artifact(str(report), artifact_path="data")
-        log_data_quality(paths)
+        log_data_quality(params, paths)
         mlflow.log_dict(manifest, "data/tokenise_manifest.json")
         for record in history or []:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))

@@ -134,6 +134,7 @@ def test_artifacts_without_provenance_are_refused(project) -> None:
 def test_run_register_refuses_a_mix_before_touching_the_registry(project, monkeypatch: pytest.MonkeyPatch) -> None:
     """The call site: `nlpops register` on mixed artifacts registers nothing; on one run it tags that run."""
     import pipelines.registry
+    import pipelines.stores
     import pipelines.tracking
     from pipelines.stages.register import run_register
 
@@ -146,6 +147,10 @@ def test_run_register_refuses_a_mix_before_touching_the_registry(project, monkey
 
     monkeypatch.setattr(pipelines.tracking, "configure_tracking", lambda params: "test")
     monkeypatch.setattr(pipelines.registry, "register_challenger", fake_register)
+    # the fake runs exist on no store: read the summary as it is (no re-log onto the store, pipelines/stores.py)
+    monkeypatch.setattr(
+        pipelines.stores, "training_summary_on_store", lambda p: json.loads(paths.train_summary.read_text())
+    )
     _write(paths.metrics, {"accuracy": 0.99, "macro_f1": 0.99, "rows": 80})  # another evaluation's metrics
     with pytest.raises(MixedRunError, match="is not the file evaluate wrote for run run-A"):
         run_register(params)

@@ -345,19 +345,20 @@ def request_models(options: ServeOptions, task: str, pair: bool) -> tuple[type[B
 
     Words = Annotated[list[Text], Field(max_length=options.max_chars)]
     item: Any
+    example: list[Any]
     if task == "token_classification":
-        item, example = Text | Words, ["Angela Merkel visited Paris.", ["Angela", "Merkel", "visited", "Paris", "."]]
+        item, shapes = Text | Words, "texts, or lists of words"
+        example = ["Angela Merkel visited Paris.", ["Angela", "Merkel", "visited", "Paris", "."]]
     elif pair:
-        item, example = PairItem, [{"text": "A man is eating.", "text_pair": "Someone eats."}]
+        item, shapes = PairItem, '{"text", "text_pair"} objects'
+        example = [{"text": "A man is eating.", "text_pair": "Someone eats."}]
     else:
-        item, example = Text | TextItem, ["The battery died after two days.", {"text": "Lovely staff."}]
-    shapes = {
-        "token_classification": "texts, or lists of words",
-        "pair": '{"text", "text_pair"} objects',
-    }.get(task if task == "token_classification" else ("pair" if pair else ""), 'texts (or {"text"} objects)')
+        item, shapes = Text | TextItem, 'texts (or {"text"} objects)'
+        example = ["The battery died after two days.", {"text": "Lovely staff."}]
+    examples: dict[str, Any] = {"examples": [{"inputs": example}]}
 
     class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": example}]})
+        model_config = ConfigDict(extra="forbid", json_schema_extra=examples)
         inputs: Annotated[
             list[item],  # type: ignore[valid-type]
             Field(min_length=1, max_length=options.max_items, description=f"The batch: {shapes}."),

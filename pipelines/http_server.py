@@ -260,9 +260,13 @@ class Batcher:
                 rows += len(more.items)
             groups: dict[int, list[_Job]] = {}
             for j in jobs:  # requests that arrived on different models run on their own model
-                groups.setdefault(id(j.model), []).append(j)
+                if j.future.set_running_or_notify_cancel():  # False: the client went away while it waited
+                    groups.setdefault(id(j.model), []).append(j)
             for group in groups.values():
-                self._run(group)
+                try:
+                    self._run(group)
+                except Exception as exc:  # the worker must outlive any one batch
+                    log.error("serve: prediction worker: %s: %s", type(exc).__name__, exc)
             if stop:
                 return
 

@@ -159,6 +159,8 @@ def test_the_batcher_combines_waiting_requests_and_isolates_a_bad_one() -> None:
         first = batcher.submit(model, ["a"])
         assert runtime.entered.wait(30)  # the worker is busy: the next three queue up
         queued = [batcher.submit(model, ["b", "c"]), batcher.submit(model, ["boom"]), batcher.submit(model, ["d"])]
+        gone = batcher.submit(model, ["never"])
+        assert gone.cancel()  # its client went away while it waited: skipped, and the worker lives on
         runtime.gate.set()
         assert [r["item"] for r in first.result(30)] == ["a"]
         assert [r["item"] for r in queued[0].result(30)] == ["b", "c"]

@@ -11,11 +11,13 @@ from pipelines.errors import NlpopsError
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free one, printed at start)."),
-    alias: str | None = typer.Option(None, "--alias", help="Registry alias to serve [register.champion_alias]."),
+    alias: str | None = typer.Option(
+        None, "--alias", help="Registry alias to serve (default: register.champion_alias of the params)."
+    ),
     poll_s: float = typer.Option(
         10.0, "--poll-seconds", help="Re-read the alias this often; a moved alias is loaded and swapped in (0: never)."
     ),
-    max_items: int = typer.Option(256, "--max-items", help="Most inputs in one /predict request (413/422 above)."),
+    max_items: int = typer.Option(256, "--max-items", help="Most inputs in one /predict request (a 422 above)."),
     max_chars: int = typer.Option(10_000, "--max-chars", help="Longest text (characters) one input may have."),
     batch_rows: int = typer.Option(
         64, "--batch-rows", help="Requests waiting together are combined into runtime batches of up to this many rows."

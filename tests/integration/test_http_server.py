@@ -346,6 +346,7 @@ def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> N
         text=True,
         timeout=600,
         env=clean_env(),
+        cwd=tmp_path,  # its .schemathesis/ cache lands there, not in the checkout
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert server.proc.poll() is None

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from conftest import BIN, clean_env, free_port
 
+pytestmark = pytest.mark.integration
+
 MODEL = "tiny-served"
 TEXTS = ["the film was good", "bad", "really a very dull plot and the acting is quite awful", "fun !"]
 V1_LABELS = {"0": "negative", "1": "positive"}

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pipelines.cli import ops, registry, stages
+from pipelines.cli import ops, registry, serve, stages
 from pipelines.cli.options import state
 from pipelines.errors import NlpopsError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 stages.add_commands(app)
 registry.add_commands(app)
 ops.add_commands(app)
+serve.add_commands(app)
 
 
 def main() -> None:

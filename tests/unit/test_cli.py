@@ -29,6 +29,7 @@ def test_help_lists_every_stage_and_verb() -> None:
         "predict",
         "models",
         "data",
+        "serve",
     ):
         assert command in done.stdout
     assert "--set" in run("train", "--help").stdout

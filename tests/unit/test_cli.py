@@ -64,3 +64,25 @@ def test_run_in_a_fresh_folder_starts_prefect_and_names_the_missing_file(tmp_pat
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "error: missing.csv: file not found"
     assert (tmp_path / ".nlpops" / "prefect").is_dir()
+
+
+def test_every_verb_failure_reaches_the_shell_as_a_non_zero_exit(tmp_path: Path) -> None:
+    """Regression: `nlpops services status` exited 0 with both servers down (typer.Exit(3) was swallowed under
+    standalone_mode=False). Each verb's failure must reach the shell, with one line and no traceback."""
+    (tmp_path / "params.yaml").write_text("data:\n  path: missing.csv\nproject:\n  registered_model: nobody\n")
+    cases = [
+        (("services", "status"), 3),  # nothing started in this project
+        (("predict", "hello"), 2),  # no champion
+        (("promote", "1", "--reason", "try"), 2),  # no such model
+        (("rollback", "--reason", "try"), 2),
+        (("data", "add", "nope.csv"), 2),
+        (("validate",), 2),  # missing data file
+        (("models", "list", "-e", "absent"), 2),  # no such experiment
+    ]
+    for args, code in cases:
+        done = run(*args, cwd=tmp_path)
+        assert done.returncode == code, (args, done.returncode, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        if code == 2:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)

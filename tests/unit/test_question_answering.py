@@ -464,6 +464,10 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_qa_mo
     task = get_task(params)
     model.config.nlpops_null_threshold = 0.5
     spec = task.export_spec(model, tokenizer)
+    with torch.no_grad():  # the exported wrapper gives the model's own start/end logits
+        direct = model(**dict(zip(spec.input_names, spec.example_inputs, strict=True)))
+        wrapped = spec.module(*spec.example_inputs)
+    assert torch.allclose(direct.start_logits, wrapped[0]) and torch.allclose(direct.end_logits, wrapped[1])
     export_dir = tmp_path / "export"
     export_dir.mkdir()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -475,7 +479,7 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_qa_mo
             output_names=spec.output_names,
             dynamo=True,
             dynamic_shapes=tuple({0: batch, 1: sequence} for _ in spec.input_names),
-            opset_version=18,
+            opset_version=params.export.opset,
             verbose=False,
         )
     program.save(str(export_dir / "model.onnx"))
@@ -542,3 +546,14 @@ def test_options_defaults_and_spec() -> None:
     )
     assert task_spec("question_answering").metrics[0] == "f1"
     assert "squad" in task_spec("question_answering").formats
+
+
+def test_predict_input_lines_json_objects_pairs_and_texts() -> None:
+    from pipelines.predict import split_pairs
+
+    item = {"question": "who?", "context": "Ann went home."}
+    assert split_pairs([json.dumps(item), json.dumps(item)]) == [item, item]
+    assert split_pairs(["a\tb", json.dumps(item)]) == [("a", "b"), item]
+    assert split_pairs(["plain text", "{not json"]) == ["plain text", "{not json"]
+    assert split_pairs(['["a list"]', "x\ty"]) == ['["a list"]', "x\ty"]  # only objects become items
+    assert split_pairs(["a\tb", "c\td"]) == [("a", "b"), ("c", "d")]

@@ -243,8 +243,14 @@ class QuestionAnswering(Task):
                 kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
                 if token_type_ids is not None:
                     kwargs["token_type_ids"] = token_type_ids
-                out = self.inner(**kwargs)
-                return out.start_logits, out.end_logits
+                head = getattr(self.inner, "qa_outputs", None)
+                if head is None:  # a head of another shape: the model's own forward
+                    out = self.inner(**kwargs)
+                    return out.start_logits, out.end_logits
+                # the HF heads split [.., 2] logits with Tensor.split, which exports as a Split node that needs
+                # opset 18; indexing exports at any opset and gives the same numbers
+                logits = head(self.inner.base_model(**kwargs)[0])
+                return logits[..., 0].contiguous(), logits[..., 1].contiguous()
 
         frame = {
             "question": ["what is this example about?", "who?"],

@@ -557,3 +557,25 @@ def test_predict_input_lines_json_objects_pairs_and_texts() -> None:
     assert split_pairs(["plain text", "{not json"]) == ["plain text", "{not json"]
     assert split_pairs(['["a list"]', "x\ty"]) == ['["a list"]', "x\ty"]  # only objects become items
     assert split_pairs(["a\tb", "c\td"]) == [("a", "b"), ("c", "d")]
+
+
+def test_training_windows_without_the_answer_are_down_sampled_only_in_train(tmp_path: Path) -> None:
+    from pipelines.tasks.catalog import get_task
+    from pipelines.tasks.question_answering.task import drop_negative_windows
+
+    rows = {"example_id": [0, 0, 0, 1, 1, 2], "start_positions": [0, 5, 0, 0, 0, 0], "x": list(range(6))}
+    none = drop_negative_windows(rows, [True, False, True], keep=0.0)
+    assert none["x"] == [1, 3, 4]  # the answer window and the unanswerable question's windows
+    assert drop_negative_windows(rows, [True, False, True], keep=1.0) == rows
+    tokenizer = build_tokenizer(tmp_path / "tok")
+    params = make_params(
+        tmp_path, tmp_path / "x.json", task={"max_length": 32, "doc_stride": 8, "train_negative_windows": 0.0}
+    )
+    task = get_task(params)
+    frame = _frame()
+    everything = task.tokenise(tokenizer, frame, params.tokenise)
+    frame.attrs["split"] = "train"
+    train = task.tokenise(tokenizer, frame, params.tokenise)
+    assert len(train["input_ids"]) < len(everything["input_ids"])
+    answerable = {e for e, t in enumerate(frame["answer_texts"]) if len(t)}
+    assert all(s != 0 for e, s in zip(train["example_id"], train["start_positions"], strict=True) if e in answerable)

@@ -39,6 +39,13 @@ class Options(TaskOptions):
         description="Answer '' when null score - best span score exceeds this; empty = tuned on the validation "
         "split (best F1) and stored with the model.",
     )
+    train_negative_windows: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the training windows of answerable questions that do not hold the answer kept "
+        "(seeded); below 1 counters a small model's collapse to 'no answer'. Validation/test keep every window.",
+    )
     answer_search_window: int = Field(
         8, ge=0, description="Clean: an answer_start off by at most this many characters is moved to the answer."
     )

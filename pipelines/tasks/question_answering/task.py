@@ -49,6 +49,19 @@ def gold_spans(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
     return out
 
 
+def drop_negative_windows(rows: dict[str, list], answerable: list[bool], keep: float, seed: int = 0) -> dict[str, list]:
+    """Training windows without: those of answerable questions that do not hold the answer (labelled CLS) are kept
+    with probability `keep` (seeded); answer windows and every window of an unanswerable question stay."""
+    rng = np.random.default_rng(seed)
+    draws = rng.random(len(rows["example_id"]))
+    kept = [
+        i
+        for i, (e, s) in enumerate(zip(rows["example_id"], rows["start_positions"], strict=True))
+        if s != 0 or not answerable[e] or draws[i] < keep
+    ]
+    return {k: [v[i] for i in kept] for k, v in rows.items()}
+
+
 class QuestionAnswering(Task):
     """Answer spans from question + context windows; '' when the null score wins."""
 
@@ -93,7 +106,12 @@ class QuestionAnswering(Task):
     def tokenise(self, tokenizer: Any, frame: pd.DataFrame, cfg: TokeniseConfig) -> dict[str, list]:
         """Windows of task.max_length tokens (not tokenise.max_length) with task.doc_stride overlap; labels are the
         answer's token positions, CLS (0) in windows without it."""
-        return self.windows(tokenizer, frame, "answer_texts" in frame.columns, cfg.batch_size)
+        labels = "answer_texts" in frame.columns
+        rows = self.windows(tokenizer, frame, labels, cfg.batch_size)
+        keep = self.options.train_negative_windows
+        if labels and keep < 1.0 and frame.attrs.get("split") == "train":
+            rows = drop_negative_windows(rows, [bool(len(t)) for t in frame["answer_texts"]], keep)
+        return rows
 
     def feature_types(self) -> dict[str, Any]:
         import pyarrow as pa

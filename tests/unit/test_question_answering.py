@@ -502,6 +502,14 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_qa_mo
         row = flipped[0][0]
         row[int(np.argmin(np.where(feed["attention_mask"][0] > 0, row, np.inf)))] = row.max() + 10
         assert task.outputs_disagree(ours, flipped, feed) == 1
+        # an answer string that changes: the best span of the first question moves to another context token
+        window = feed["attention_mask"][0].sum()
+        moved = [theirs[0].copy(), theirs[1].copy()]
+        moved[0][0, :window] = -50.0
+        moved[1][0, :window] = -50.0
+        moved[0][0, window - 2] = moved[1][0, window - 2] = 50.0  # the last context token, alone
+        assert task.outputs_disagree(ours, moved, feed) == 1
+        assert task.outputs_disagree(ours, moved, dict(feed)) == 1  # a copy: logits only, same window
     # the runtime gives the same final answers as the torch path
     rows = task.tokenise(tokenizer, frame, params.tokenise)
     torch_preds = task.predict(model, rows, frame, batch_size=4, pad_token_id=tokenizer.pad_token_id)

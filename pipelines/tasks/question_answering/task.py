@@ -244,9 +244,13 @@ class QuestionAnswering(Task):
 
     # ------------------------------------------------------------------ export, parity, serving
 
+    _parity_config: Any = None  # the exported model's config (its tuned threshold) for outputs_disagree
+
     def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:
         """start_logits and end_logits [batch, sequence] from the tokenizer's inputs, both axes dynamic."""
         import torch
+
+        self._parity_config = model.config
 
         from pipelines.export_onnx import onnx_input_names
 
@@ -315,21 +319,53 @@ class QuestionAnswering(Task):
         limit = int(self.params.export.parity_rows)
         features = self.windows(tokenizer, frame.iloc[:limit], labels=False)
         features.setdefault("token_type_ids", [[0] * len(r) for r in features["input_ids"]])
+        contexts = frame["context"].astype(str).tolist()
         out, start = [], 0
+        self._parity_windows: dict[int, tuple[dict[str, list], list[str]]] = {}
         for size in parity_batch_sizes(len(features["input_ids"])):
             part = {k: v[start : start + size] for k, v in features.items()}
-            out.append(self.feeds(tokenizer, part, input_names))
+            feed = self.feeds(tokenizer, part, input_names)
+            out.append(feed)
+            self._parity_windows[id(feed)] = (part, contexts)  # for outputs_disagree: answers, not only logits
             start += size
         return out
 
     def outputs_disagree(self, torch_outputs: list[Any], onnx_outputs: list[Any], feeds: dict[str, Any]) -> int:
-        """Windows whose best start or best end token (over real tokens) differs between PyTorch and ONNX."""
+        """Questions of the batch whose final answer string (n-best post-processing with the threshold) differs
+        between PyTorch and ONNX, or one of whose windows has a different best start or end token. For feeds not
+        made by `parity_feeds` here: the windows with a different best start or end token."""
         mask = np.asarray(feeds["attention_mask"]).astype(bool)
         differ = np.zeros(mask.shape[0], dtype=bool)
         for a, b in zip(torch_outputs[:2], onnx_outputs[:2], strict=True):
             a, b = np.where(mask, np.asarray(a), -np.inf), np.where(mask, np.asarray(b), -np.inf)
             differ |= a.argmax(axis=1) != b.argmax(axis=1)
-        return int(differ.sum())
+        known = getattr(self, "_parity_windows", {}).get(id(feeds))
+        if known is None:
+            return int(differ.sum())
+        part, contexts = known
+        lengths = mask.sum(axis=1)
+        examples = sorted(set(part["example_id"]))
+        local = {e: k for k, e in enumerate(examples)}
+        ids = [local[e] for e in part["example_id"]]
+        answers = []
+        for outputs in (torch_outputs, onnx_outputs):
+            starts = [np.asarray(outputs[0])[i, : lengths[i]] for i in range(len(lengths))]
+            ends = [np.asarray(outputs[1])[i, : lengths[i]] for i in range(len(lengths))]
+            o = self.options
+            best = best_answers(
+                starts,
+                ends,
+                part["offset_start"],
+                part["offset_end"],
+                ids,
+                [contexts[e] for e in examples],
+                o.n_best_size,
+                o.max_answer_length,
+            )
+            answers.append([final_answer(b, self.threshold(self._parity_config)) for b in best])
+        bad = {examples[k] for k, (x, y) in enumerate(zip(*answers, strict=True)) if x != y}
+        bad |= {part["example_id"][i] for i in np.flatnonzero(differ)}
+        return len(bad)
 
     def runtime_inputs(self, frame: pd.DataFrame) -> list[Any]:
         return [

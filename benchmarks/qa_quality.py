@@ -104,7 +104,8 @@ def main() -> None:
             if args.max_minutes and time.perf_counter() - started > 60 * args.max_minutes:
                 stopped = True
                 break
-        print(f"epoch {epoch + 1}: last loss {float(loss):.3f}, {time.perf_counter() - started:.0f} s", flush=True)
+        seconds = time.perf_counter() - started
+        print(f"epoch {epoch + 1}: last loss {float(loss.detach()):.3f}, {seconds:.0f} s", flush=True)
         if stopped:
             print(f"time budget reached after {b + len(idx)} of {len(order)} windows of epoch {epoch + 1}")
             break
@@ -123,7 +124,7 @@ def main() -> None:
         "always_no_answer": {k: round(100 * baseline[k], 2) for k in keys},
         "args": vars(args),
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,30 @@ from pipelines.config import Params
 from pipelines.errors import RegistryError
 
 
+def json_object(line: str) -> dict[str, Any] | None:
+    """The line as a JSON object ({"question": ..., "context": ...} for question answering), else None."""
+    import json
+
+    stripped = line.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def split_pairs(lines: list[str]) -> list[Any]:
-    """Input items from lines: 'a<TAB>b' lines are (text, text_pair) pairs when every line has a TAB."""
-    if lines and all("\t" in line for line in lines):
-        return [tuple(line.split("\t", 1)) for line in lines]
-    return list(lines)
+    """Input items from lines: a line that parses as a JSON object is that object (e.g. {"question", "context"});
+    the other lines are (text, text_pair) pairs when every one of them has a TAB ('a<TAB>b'), else plain texts."""
+    objects = [json_object(line) for line in lines]
+    texts = [line for line, o in zip(lines, objects, strict=True) if o is None]
+    pairs = bool(texts) and all("\t" in line for line in texts)
+    return [
+        o if o is not None else (tuple(line.split("\t", 1)) if pairs else line)
+        for line, o in zip(lines, objects, strict=True)
+    ]
 
 
 def load_registered_runtime(params: Params, alias: str = "champion", version: str | None = None) -> tuple[Any, str]:

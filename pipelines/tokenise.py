@@ -93,6 +93,7 @@ def tokenise_splits(
         stats: dict[str, Any] = {}
         for split in SPLITS:
             frame = pd.read_parquet(clean_dir / f"{split}.parquet")
+            frame.attrs["split"] = split  # a task may treat train differently (QA down-samples answer-less windows)
             with _TokenizerThreads():
                 columns = task.tokenise(tokenizer, frame, cfg)
             _write_split(columns, staging / f"{split}.parquet", task.feature_types())

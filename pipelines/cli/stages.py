@@ -114,6 +114,8 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
 def predict(
     text: str | None = typer.Argument(None, help="Input text; omit to read one input per line from --file or stdin."),
     pair: str | None = typer.Option(None, "--pair", help="Second text, for sentence-pair models."),
+    question: str | None = typer.Option(None, "--question", help="Question answering: the question (with --context)."),
+    context: str | None = typer.Option(None, "--context", help="Question answering: the context (with --question)."),
     file: Path | None = typer.Option(None, "--file", "-f", help="File with one input per line (TAB separates a pair)."),
     alias: str = typer.Option("champion", "--alias", help="Registry alias to load."),
     version: str | None = typer.Option(None, "--version", help="Registered version (overrides --alias)."),
@@ -128,8 +130,12 @@ def predict(
     from pipelines.predict import load_registered_runtime, split_pairs
 
     params = setup(params_file, overrides, verbose, model, experiment)
-    if text is not None:
-        items: list[Any] = [(text, pair)] if pair is not None else [text]
+    if (question is None) != (context is None):
+        raise NlpopsError("predict: --question and --context go together (question answering)")
+    if question is not None and context is not None:
+        items: list[Any] = [{"question": question, "context": context}]
+    elif text is not None:
+        items = [(text, pair)] if pair is not None else [text]
     else:
         source = file.read_text(encoding="utf-8") if file else sys.stdin.read()
         items = split_pairs([line for line in source.splitlines() if line.strip()])

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "text_classification": "pipelines.tasks.text_classification",
     "token_classification": "pipelines.tasks.token_classification",
+    "question_answering": "pipelines.tasks.question_answering",
 }
 
 

@@ -103,7 +103,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.provenance",
             ),
             uses_task=True,
-            dvc={"plots": {"train/history.json": {"x": "epoch"}}},
+            dvc={"plots": {"train/history.json": {"x": "epoch", "y": "val_loss"}}},
         ),
         StageSpec(
             "evaluate",

@@ -141,6 +141,8 @@ def training_summary_on_store(params: Params) -> dict[str, Any]:
     entry = {"tracking_store": old_store, "run_id": old_run}
     previous = [p for p in summary.get("previous_runs", []) if p != entry and p.get("run_id") != new_run] + [entry]
     summary.update(run_id=new_run, tracking_store=here, previous_runs=previous, store_move=how)
+    if isinstance(summary.get("provenance"), dict):  # register checks evaluate/export against this run id
+        summary["provenance"]["run_id"] = new_run
     text = json.dumps(summary, indent=2, default=str)
     atomic_write(paths.train_summary, lambda tmp: _write_text(tmp, text))
     return summary

@@ -148,7 +148,8 @@ def predict(
         raise NlpopsError(f"predict: {exc}") from None
     for item, result in zip(items, results, strict=True):
         if as_json:
-            echo(json.dumps({"input": item, **result, "model": label}, default=str))
+            given = {"text": item} if isinstance(item, str) else {"input": item}
+            echo(json.dumps({**given, **result, "model": label}, default=str))
         else:
             echo(runtime.format_result(result))
 

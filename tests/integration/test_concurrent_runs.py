@@ -129,14 +129,14 @@ def overlap(project: Path) -> dict:
 def _report(stdout: str) -> dict[str, str]:
     """The facts a run's summary claims: training run id, test metrics, gate line, registered version."""
     run_id = re.search(r"^  training .*, run (\w+)$", stdout, re.M)
-    test = re.search(r"^  test      accuracy ([\d.]+)  macro-F1 ([\d.]+)", stdout, re.M)
+    test = re.search(r"^  test      macro_f1 ([\d.]+)  accuracy ([\d.]+)", stdout, re.M)
     gate = re.search(r"^  gate      (.*)$", stdout, re.M)
     version = re.search(rf"^  registry  {MODEL_NAME} v(\d+) ", stdout, re.M)
     assert run_id and test and gate and version, stdout
     return {
         "run_id": run_id[1],
-        "accuracy": test[1],
-        "macro_f1": test[2],
+        "accuracy": test[2],
+        "macro_f1": test[1],
         "gate": gate[1],
         "version": version[1],
     }

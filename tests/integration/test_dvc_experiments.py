@@ -186,7 +186,7 @@ def test_exp_diff_and_plots_diff_compare_the_experiment_with_its_baseline(projec
     curves = json.loads(done.stdout)["data"]["training_curves"]
     assert {name, "workspace"} <= set(curves[0]["revisions"])
     points = curves[0]["content"]["data"]["values"]
-    assert {p["rev"] for p in points if p["field"] == "val_macro_f1"} == {name, "workspace"}
+    assert {p["rev"] for p in points if p["field"] == "val_loss"} == {name, "workspace"}
 
 
 @pytest.fixture(scope="module")

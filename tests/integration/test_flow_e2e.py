@@ -166,7 +166,8 @@ def test_another_experiment_leaves_the_first_cached_and_every_command_reaches_bo
     second evicts nothing of the first, and the model-facing verbs reach either model by -e or --model."""
     before = len(_versions(project))
     (project / "experiments" / "other.yaml").write_text(
-        "project:\n  artifacts_dir: runs/other\n  registered_model: e2e-other\ntrain:\n  seed: 3\ngate:\n  min_score: 0.0\n"
+        "project:\n  artifacts_dir: runs/other\n  registered_model: e2e-other\n"
+        "train:\n  seed: 3\ngate:\n  min_score: 0.0\n"
     )
     other = nlpops(project, "run", "-e", "other")
     assert other.returncode == 0, other.stderr

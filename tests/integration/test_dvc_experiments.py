@@ -225,6 +225,7 @@ def queued(project: Path, gate_exp) -> dict[str, str]:
     return {name: dvc(project, "queue", "logs", name).stdout for name in names}
 
 
+@pytest.mark.slow  # the queued grid trains twice more in DVC temp copies: make test-all
 def test_queued_grid_runs_in_temp_copies_and_logs_to_the_projects_mlflow(project: Path, raw_md5, queued):
     shown = _experiments(project)
     rates = {}
@@ -247,6 +248,7 @@ def test_queued_grid_runs_in_temp_copies_and_logs_to_the_projects_mlflow(project
     assert _md5(project / "data" / "raw" / "reviews.csv") == raw_md5
 
 
+@pytest.mark.slow  # the queued grid trains twice more in DVC temp copies: make test-all
 def test_exp_apply_brings_back_an_experiments_params_metrics_and_model(project: Path, raw_md5, epoch_exp, queued):
     _, name = epoch_exp
     done = dvc(project, "exp", "apply", name)
@@ -262,6 +264,7 @@ def test_exp_apply_brings_back_an_experiments_params_metrics_and_model(project: 
     assert _md5(project / "data" / "raw" / "reviews.csv") == raw_md5
 
 
+@pytest.mark.slow  # the queued grid trains twice more in DVC temp copies: make test-all
 def test_no_dvc_command_from_the_readme_harms_the_raw_data_the_registry_or_mlflow(project: Path, raw_md5, queued):
     before = [(str(v.version), v.run_id) for v in _versions(project)]
     for command in (("checkout",), ("status",), ("repro",), ("exp", "run", "-S", "train.epochs=1")):

@@ -515,6 +515,25 @@ def _message(path: str, check: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------- the stage
 
 
+def write_report_or_raise(report_path: Path, report: dict[str, Any], unit: str) -> None:
+    """Write a task's validation report (JSON); when a check failed, raise DataValidationError naming the first
+    failing file and check, how many more `unit`s (rows, sentences, questions) it caught and how many more checks
+    failed. Shared by the task types whose checks are listed per file under report["files"][i]["checks"]."""
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if report["success"]:
+        return
+    failures = [(f["path"], c) for f in report["files"] for c in f["checks"] if not c["success"]]
+    path, first = failures[0]
+    more = first["unexpected_count"] - 1
+    message = f"{path}: {first['details']} [{first['check']}: {first['expectation']}]"
+    if more > 0:
+        message += f" (+{more} more {unit})"
+    if len(failures) > 1:
+        message += f" (+{len(failures) - 1} more failed checks, see {report_path})"
+    raise DataValidationError(message, report_path=str(report_path))
+
+
 def validate_data(params: Params, report_path: Path, docs_dir: Path | None = None) -> dict[str, Any]:
     """Run the stored suites on the main file and any user-given validation/test files; write report + Data Docs."""
     report_path = Path(report_path)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.errors import ConfigError, DataValidationError
+from pipelines.errors import ConfigError
 from pipelines.tasks.token_classification.iob import iob_violations
 from pipelines.tasks.token_classification.readers import location, read_sentences
 
@@ -120,6 +120,7 @@ def validate_data(params: Any, report_path: Path, docs_dir: Path | None = None) 
         _quiet_context,
         _run_suite,
         _write_data_docs,
+        write_report_or_raise,
     )
     from pipelines.hashing import file_digest
 
@@ -212,18 +213,7 @@ def validate_data(params: Any, report_path: Path, docs_dir: Path | None = None) 
         "data_docs": str(index),
         "files": file_reports,
     }
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if not success:
-        failures = [(f["path"], c) for f in file_reports for c in f["checks"] if not c["success"]]
-        path, first = failures[0]
-        more = first["unexpected_count"] - 1
-        message = f"{path}: {first['details']} [{first['check']}: {first['expectation']}]"
-        if more > 0:
-            message += f" (+{more} more sentences)"
-        if len(failures) > 1:
-            message += f" (+{len(failures) - 1} more failed checks, see {report_path})"
-        raise DataValidationError(message, report_path=str(report_path))
+    write_report_or_raise(report_path, report, "sentences")
     return {
         "success": True,
         "rows": sum(f["rows"] for f in file_reports),

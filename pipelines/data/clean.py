@@ -258,8 +258,10 @@ def _quarantine_reasons(
     return reasons
 
 
-def data_quality_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The clean summary's counts as MLflow metrics (clean.*)."""
+def data_quality_metrics(summary: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> dict[str, float]:
+    """The clean summary's counts as MLflow metrics (clean.*), for every task type: the shared counts, the task's
+    own (`extra_keys`, e.g. iob_repaired) and one metric per quarantine reason. Counts absent from a summary are
+    left out."""
     keys = (
         "rows_in",
         "rows_out",
@@ -268,6 +270,7 @@ def data_quality_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "dropped_duplicates",
         "dropped_near_duplicates",
         "leakage_removed_from_train",
+        *extra_keys,
     )
     metrics = {f"clean.{k}": float(summary[k]) for k in keys if k in summary}
     for reason, count in (summary.get("quarantine_reasons") or {}).items():

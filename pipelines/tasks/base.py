@@ -59,6 +59,8 @@ class Task(ABC):
     """One task type bound to one run's params."""
 
     spec: ClassVar[TaskSpec]
+    # clean-summary counts of this task logged to MLflow besides the shared ones (data.clean.data_quality_metrics)
+    clean_counts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -84,7 +86,7 @@ class Task(ABC):
         """Counts from the clean summary logged to MLflow (rows read, dropped, quarantined, leakage...)."""
         from pipelines.data.clean import data_quality_metrics
 
-        return data_quality_metrics(summary)
+        return data_quality_metrics(summary, self.clean_counts)
 
     # ------------------------------------------------------------------ tokenise stage
 

@@ -66,6 +66,7 @@ class QuestionAnswering(Task):
     """Answer spans from question + context windows; '' when the null score wins."""
 
     spec: ClassVar[TaskSpec] = SPEC
+    clean_counts = ("answer_start_fixed",)
     options: Options
 
     # ------------------------------------------------------------------ data
@@ -79,11 +80,6 @@ class QuestionAnswering(Task):
         from pipelines.tasks.question_answering.clean import clean_data
 
         return clean_data(self.params, out_dir)
-
-    def data_quality_metrics(self, summary: dict[str, Any]) -> dict[str, float]:
-        from pipelines.tasks.question_answering.clean import data_quality_metrics
-
-        return data_quality_metrics(summary)
 
     # ------------------------------------------------------------------ tokenise
 

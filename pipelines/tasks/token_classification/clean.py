@@ -249,13 +249,3 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
-
-
-def data_quality_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The clean summary's counts as MLflow metrics (clean.*)."""
-    keys = ("rows_in", "rows_out", "quarantined", "quarantine_share", "iob_repaired", "dropped_duplicates",
-            "leakage_removed_from_train")  # fmt: skip
-    metrics = {f"clean.{k}": float(summary[k]) for k in keys if k in summary}
-    for reason, count in (summary.get("quarantine_reasons") or {}).items():
-        metrics[f"clean.quarantined.{reason}"] = float(count)
-    return metrics

@@ -54,6 +54,7 @@ class TokenClassification(Task):
     """One tag per word; long sentences split into overlapping windows, never truncated."""
 
     spec: ClassVar[TaskSpec] = SPEC
+    clean_counts = ("iob_repaired",)
     options: Options  # params.task, narrowed to this task's section
 
     # ------------------------------------------------------------------ data
@@ -67,11 +68,6 @@ class TokenClassification(Task):
         from pipelines.tasks.token_classification.clean import clean_data
 
         return clean_data(self.params, out_dir)
-
-    def data_quality_metrics(self, summary: dict[str, Any]) -> dict[str, float]:
-        from pipelines.tasks.token_classification.clean import data_quality_metrics
-
-        return data_quality_metrics(summary)
 
     # ------------------------------------------------------------------ tokenise
 

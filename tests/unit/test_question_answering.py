@@ -394,6 +394,9 @@ def test_threshold_tuning_finds_the_best_f1_cut() -> None:
     # all unanswerable: answering nothing is best (the threshold stays at 0 only if no question helps)
     best, thresh = find_best_threshold(["a", "b"], [0, 0], [1.0, 2.0], [False, False])
     assert best == 1.0 and thresh == 0.0
+    # ... even when every span outscores the null answer
+    best, thresh = find_best_threshold(["a", "b"], [0, 0], [-1.0, -2.0], [False, False])
+    assert best == 1.0 and thresh < -2.0
 
 
 # ---------------------------------------------------------------- task on a tiny model, export, runtime

@@ -67,7 +67,9 @@ def find_best_threshold(
     predicting '' for every question whose score_diff > threshold. As in the official evaluate-v2.0 script."""
     num_no_ans = sum(1 for h in has_ans if not h)
     cur = best = float(num_no_ans)
-    best_thresh = 0.0
+    # no question helps: a threshold below every difference, so that '' is predicted everywhere (the official
+    # script's 0.0 would still answer the questions whose best span outscores the null answer)
+    best_thresh = min(0.0, min(score_diffs, default=0.0) - 1.0)
     order = sorted(range(len(score_diffs)), key=lambda i: score_diffs[i])
     for i in order:
         if has_ans[i]:

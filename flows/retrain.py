@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from pipelines import progress
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pipelines.dag import STAGE_ORDER, stage_fingerprint, stage_outputs_exist
 from pipelines.dag import run_stage as run_stage_of_table
@@ -148,6 +150,18 @@ def retrain(
         return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged, experiment)
 
 
+def _cache_reason(stage: str) -> str:
+    from pipelines.dag import STAGES
+
+    return f"params ({', '.join(STAGES[stage].params)}), inputs and code unchanged since its last run"
+
+
+def _after_failure(params: Params, stage: str, later: tuple[str, ...], exc: BaseException, began: float) -> None:
+    """A stage failed: say which stages did not run."""
+    for name in later:
+        progress.stage_skipped(name, f"{stage} failed")
+
+
 def _lock_echo(line: str) -> None:
     """The run lock's waiting lines: on stderr, and in the flow run's log (the Prefect UI shows them)."""
     print(line, file=sys.stderr, flush=True)
@@ -173,7 +187,7 @@ def _run_stages(
             )
     states: dict[str, str] = {}
     results: dict[str, Any] = {}
-    for stage in STAGE_ORDER:
+    for position, stage in enumerate(STAGE_ORDER):
         extra = None
         if stage == "evaluate":
             extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
@@ -184,9 +198,16 @@ def _run_stages(
         if not outputs_current(params, stage, fingerprint):
             # Outputs missing or produced under other inputs: run, and store the result under this key.
             stage_task = stage_task.with_options(refresh_cache=True)
+        began = time.time()
         state = stage_task(params_data, fingerprint, return_state=True)
         states[stage] = state.name
-        results[stage] = state.result()  # re-raises the stage's own error
+        if state.name == "Cached":
+            progress.stage_cached(stage, f"{_cache_reason(stage)} (fingerprint {fingerprint[:12]})")
+        try:
+            results[stage] = state.result()  # re-raises the stage's own error
+        except BaseException as exc:
+            _after_failure(params, stage, STAGE_ORDER[position + 1 :], exc, began)
+            raise
         if stage == "train":
             results["train"] = training_run_on_store(params_data)
     # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock

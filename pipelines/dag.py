@@ -162,7 +162,22 @@ STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
 
 
 def run_stage(params: Params, stage: str) -> dict[str, Any]:
-    return STAGES[stage].function()(params)
+    """Run one stage, reporting its start, end or failure (pipelines/progress.py)."""
+    import time
+
+    from pipelines import progress
+    from pipelines.errors import first_line
+    from pipelines.redact import redact_text
+
+    progress.stage_started(stage)
+    started = time.perf_counter()
+    try:
+        summary = STAGES[stage].function()(params)
+    except BaseException as exc:
+        progress.stage_failed(stage, time.perf_counter() - started, redact_text(first_line(exc, 300)))
+        raise
+    progress.stage_finished(stage, time.perf_counter() - started)
+    return summary
 
 
 def _path_digest(path: Path) -> str | None:

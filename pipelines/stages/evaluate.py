@@ -111,7 +111,12 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     model = task.load_trained(paths.model_dir)
     test_rows = read_tokenised_split(paths.tokenised_dir / "test.parquet")
     test = pd.read_parquet(paths.clean_split("test"))
-    predictions = task.predict(model, test_rows, test, params.train.eval_batch_size, manifest["pad_token_id"])
+    from pipelines import progress
+
+    features = len(test_rows["input_ids"])
+    unit = "rows" if features == len(test) else "windows"  # long inputs are split into several windows
+    with progress.track("test split", total=features, unit=unit, stage="evaluate", ambient=True):
+        predictions = task.predict(model, test_rows, test, params.train.eval_batch_size, manifest["pad_token_id"])
     scores = task.score(predictions, test, id2label)
     write_metrics(scores, task.spec.metrics, paths.metrics)
     shutil.rmtree(paths.evaluation_views, ignore_errors=True)

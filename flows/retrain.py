@@ -132,7 +132,7 @@ def retrain(
     skip_if_unchanged: bool = False,
     experiment: str | None = None,
 ) -> Any:
-    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register.
+    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register → report.
 
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
@@ -157,9 +157,12 @@ def _cache_reason(stage: str) -> str:
 
 
 def _after_failure(params: Params, stage: str, later: tuple[str, ...], exc: BaseException, began: float) -> None:
-    """A stage failed: say which stages did not run."""
+    """A stage failed: say which stages did not run, and write the report of what there is (never raises)."""
     for name in later:
         progress.stage_skipped(name, f"{stage} failed")
+    from pipelines.stages.report import write_partial_report
+
+    write_partial_report(params, stage, exc, since=began)
 
 
 def _lock_echo(line: str) -> None:

@@ -155,6 +155,31 @@ STAGES: dict[str, StageSpec] = {
             ),
             uses_task=True,
         ),
+        StageSpec(
+            "report",
+            "pipelines.stages.report:run_report",
+            ("project", "data", "task", "tokenise", "model", "train", "gate", "register"),
+            lambda p, sp: [
+                sp.validation_report,
+                sp.clean_dir,
+                sp.train_summary,
+                sp.train_history,
+                *_evaluate_outs(p, sp),
+                sp.export_dir,
+                sp.registration,
+            ],
+            lambda p, sp: [sp.report_html, sp.learning_curves, sp.model_card],
+            (
+                "pipelines.stages.report",
+                "pipelines.report.build",
+                "pipelines.report.card",
+                "pipelines.report.html",
+                "pipelines.stages.common",
+                "pipelines.registry",
+            ),
+            uses_task=True,
+            dvc={"plots": {"report/learning_curves.svg": {}}},
+        ),
     )
 }
 
@@ -288,7 +313,7 @@ def render_dvc_yaml(params: Params) -> str:
         if metrics:
             stage["metrics"] = list(metrics)
         if plots:
-            stage["plots"] = [{p: dict(v)} for p, v in plots.items()]
+            stage["plots"] = [{p: dict(v)} if v else p for p, v in plots.items()]  # {}: an image plot
         stages[name] = stage
     curves = [{"training_curves": {"x": "epoch", "y": {f"{root}/train/history.json": ["train_loss", "val_loss"]}}}]
     return _DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": curves}, sort_keys=False, width=120)

@@ -70,6 +70,7 @@ STAGE_HELP = {
     "evaluate": "Test metrics, the task's evaluation views and slices, and the champion/challenger gate.",
     "export": "Export ONNX and check parity against PyTorch on real test inputs.",
     "register": "Register the ONNX model as challenger; promote to champion if the gate passed.",
+    "report": "Write the HTML run report and the registered version's model card (both logged to MLflow).",
 }
 
 
@@ -84,7 +85,7 @@ def run_flow(
     quiet: bool = QuietOpt,
     log_format: str | None = LogFormatOpt,
 ) -> None:
-    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
+    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register → report."""
     configure_progress(log_format, quiet)
     params = setup(params_file, overrides, verbose, experiment=experiment)
     started = time.perf_counter()
@@ -131,6 +132,11 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
         aliases += f" and '{params.register_.champion_alias}'"
     champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
     rows.append(("registry", f"{reg['name']} v{reg['version']} alias {aliases}; {champion}"))
+    report = res.get("report") or {}
+    if report.get("report"):
+        rows.append(("report", str(report["report"])))
+    if report.get("card"):
+        rows.append(("card", f"{report['card']} (nlpops models card {reg['version']})"))
     from pipelines.redact import redact_url
     from pipelines.tracking import tracking_uri
 

@@ -121,6 +121,13 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     write_metrics(scores, task.spec.metrics, paths.metrics)
     shutil.rmtree(paths.evaluation_views, ignore_errors=True)
     views = task.write_evaluation(scores, predictions, test, paths.evaluation_views)
+    scored = task.confidences(predictions, test)
+    if scored is not None and len(scored["confidence"]):  # the run report's score histogram and calibration
+        from pipelines.evaluate import calibration_summary
+
+        calibration = calibration_summary(scored["confidence"], scored["correct"], scored.get("unit", "examples"))
+        write_json(paths.calibration, calibration)
+        views = {**views, "calibration": paths.calibration}
     scores["slices"], members, notes = task.slices(predictions, test, test_rows, id2label)
     membership = membership_digest(members)
     write_json(paths.slices, {"slices": scores["slices"], "membership_sha256": membership, "notes": notes})

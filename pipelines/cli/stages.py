@@ -230,10 +230,37 @@ def dag_command(
         echo(f"{name:<9} params {', '.join(spec.params)}; code {', '.join(spec.code_modules(params))}")
 
 
+def params_command(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Write them over the params file (comments are not kept): how `dvc exp run` runs -e NAME.",
+    ),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Print the params a run reads: params.yaml, the named experiment (-e) laid over it, --set on top."""
+    import yaml
+
+    from pipelines.config import raw_params
+
+    state.verbose = verbose
+    text = yaml.safe_dump(raw_params(params_file, overrides, experiment), sort_keys=False, allow_unicode=True)
+    if not write:
+        echo(text.rstrip("\n"))
+        return
+    Path(params_file).write_text(text, encoding="utf-8")
+    changed = f"experiment {experiment!r}" if experiment else "the overrides"
+    echo(f"{params_file}: {changed} written in (`git checkout {params_file}` restores it)")
+
+
 def add_commands(app: typer.Typer) -> None:
     for stage in STAGE_ORDER:
         app.command(stage, help=STAGE_HELP.get(stage))(_stage_command(stage))
     app.command("run")(run_flow)
     app.command("predict")(predict)
     app.command("dag")(dag_command)
+    app.command("params")(params_command)
     app.add_typer(data_app, name="data")

@@ -27,7 +27,7 @@ from pipelines.paths import StagePaths
 from pipelines.redact import install_log_redaction
 
 # Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
-RETRIES = {"register": 3, "evaluate": 2}
+RETRIES = {"register": 3, "evaluate": 2, "report": 2}
 
 
 def _stamp_path(params: Params, stage: str) -> Path:

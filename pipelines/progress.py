@@ -55,6 +55,13 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+def _rate(value: float) -> str:
+    """Throughput: 1,234 / 56.7 / 2.9 / 0.11."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def duration(seconds: float | None) -> str:
     """12.3 s, 4m05s, 1h02m."""
     if seconds is None or not math.isfinite(seconds):
@@ -69,7 +76,11 @@ def duration(seconds: float | None) -> str:
 
 
 def _fields_text(fields: dict[str, Any]) -> str:
-    return "  ".join(f"{k.replace('_per_s', '/s')} {_num(v)}" for k, v in fields.items() if v is not None)
+    return "  ".join(
+        f"{k.replace('_per_s', '/s')} {_rate(v) if k.endswith('_per_s') and isinstance(v, float) else _num(v)}"
+        for k, v in fields.items()
+        if v is not None
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -226,7 +237,7 @@ def progress_text(task: Task) -> str:
     if task.done:
         parts.append(f"in {duration(task.elapsed)}")
     if task.rate:
-        parts.append(f"{_num(task.rate)} {task.unit}/s")
+        parts.append(f"{_rate(task.rate)} {task.unit}/s")
     if not task.done and task.eta is not None:
         parts.append(f"ETA {duration(task.eta)}")
     shown = _fields_text(task.fields)
@@ -249,7 +260,7 @@ def event_text(kind: str, data: dict[str, Any]) -> str | None:
         return f"{stage:<9} FAILED after {duration(data.get('seconds'))} (the error follows)"
     if kind == "epoch_end":
         metrics = _fields_text(data.get("metrics") or {})
-        speed = f", {_num(data['samples_per_s'])} samples/s" if data.get("samples_per_s") else ""
+        speed = f", {_rate(float(data['samples_per_s']))} samples/s" if data.get("samples_per_s") else ""
         best = "  (best so far)" if data.get("best") else ""
         return (
             f"{'train':<9} epoch {data.get('epoch')}/{data.get('epochs') or '?'}  {metrics}  "
@@ -336,7 +347,7 @@ class RichRenderer(Renderer):
         fields = {
             "stage": task.stage or "",
             "count": count,
-            "rate": f"{_num(task.rate)} {task.unit}/s" if task.rate else "",
+            "rate": f"{_rate(task.rate)} {task.unit}/s" if task.rate else "",
             "extra": _fields_text(task.fields),
         }
         key = id(task)

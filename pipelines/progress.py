@@ -172,8 +172,8 @@ class Task:
         self.done = True
         _emit_progress(self)
         with _lock:
-            if _ambient and _ambient[-1] is self:
-                _ambient.pop()
+            if self in _ambient:
+                _ambient.remove(self)
 
 
 # ------------------------------------------------------------------------------------------------ renderers
@@ -583,6 +583,24 @@ def training_step(epoch: int, epochs: int, step: int, steps: int, samples: int, 
         speed = counted / elapsed if elapsed > 0 and counted > 0 else _training.get("samples_per_s")
         _training["samples_per_s"] = speed
     current.update(completed=step, loss=round(float(loss), 4), samples_per_s=None if speed is None else round(speed, 1))
+    if step >= steps and "validation" in _training:
+        _start_validation(epoch, epochs)
+
+
+def training_validation(total: int | None, unit: str = "rows") -> None:
+    """How many validation features each epoch's validation runs through (the train stage says, before training):
+    after an epoch's last step, its validation shows as a task of its own until `epoch_end`."""
+    with _lock:
+        _training["validation"] = (total, unit)
+
+
+def _start_validation(epoch: int, epochs: int) -> None:
+    total, unit = _training.get("validation") or (None, "rows")
+    task = Task(f"epoch {epoch}/{epochs} validation", total, unit, "train", quiet_end=True)
+    with _lock:
+        _training["validating"] = task
+        _ambient.append(task)  # advanced by the evaluation batches (batch_done)
+    _emit_progress(task)
 
 
 def epoch_end(epoch: int, record: dict[str, Any], best: bool | None = None) -> None:
@@ -592,9 +610,11 @@ def epoch_end(epoch: int, record: dict[str, Any], best: bool | None = None) -> N
         epochs = _training.get("epochs")
         speed = _training.get("samples_per_s")
         _training.pop("task", None)
-    if current is not None and not current.done:
-        current.quiet_end = True
-        current.finish()
+        validating: Task | None = _training.pop("validating", None)
+    for task in (current, validating):
+        if task is not None and not task.done:
+            task.quiet_end = True
+            task.finish()
     metrics = {
         k: float(v)
         for k, v in record.items()

@@ -38,6 +38,8 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
 
         from pipelines import progress
 
+        features = (manifest.get("splits") or {}).get("validation", {}).get("features")
+        progress.training_validation(features, "rows" if features == len(val_frame) else "windows")
         metric = params.stopping_metric
         best: list[float] = []
 

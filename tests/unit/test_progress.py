@@ -151,3 +151,20 @@ def test_a_bad_log_format_is_one_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="--log-format 'xml' is not allowed"):
         progress.configure("xml")
+
+
+def test_each_epoch_validation_shows_as_its_own_task_until_the_epoch_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setenv(progress.INTERVAL_ENV, "0")  # every update is due: shows each one
+    progress.configure("json", out=out)
+    progress.training_validation(30, "rows")
+    for step in (1, 2):
+        progress.training_step(1, 1, step, 2, step * 4, 0.6)
+    for _ in range(3):
+        progress.batch_done(10)  # what the validation batches of the loop report (feature_batches)
+    progress.epoch_end(1, {"train_loss": 0.6, "val_loss": 0.5, "val_f1": 0.7})
+    progress.batch_done(10)  # after the epoch: no validation task left to advance
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    validation = [e for e in events if e.get("task") == "epoch 1/1 validation"]
+    assert [e["completed"] for e in validation] == [0, 10, 20, 30, 30] and validation[-1]["done"]
+    assert validation[-1]["total"] == 30 and events[-1]["event"] == "epoch_end"

@@ -109,10 +109,11 @@ def run_flow(
             return
         echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
         return
-    _print_run_report(params, result, time.perf_counter() - started)
+    _print_run_report(params, result, time.perf_counter() - started, named=bool(experiment or overrides))
 
 
-def _print_run_report(params: Params, result: dict[str, Any], seconds: float) -> None:
+def _print_run_report(params: Params, result: dict[str, Any], seconds: float, named: bool = False) -> None:
+    """The run's summary; `named`: run with -e or --set, so the card hint names the model."""
     states, res = result["states"], result["results"]
     cached = [s for s, state in states.items() if state == "Cached"]
     ev, reg, tr, ex = res["evaluate"], res["register"], res["train"], res["export"]
@@ -136,7 +137,8 @@ def _print_run_report(params: Params, result: dict[str, Any], seconds: float) ->
     if report.get("report"):
         rows.append(("report", str(report["report"])))
     if report.get("card"):
-        rows.append(("card", f"{report['card']} (nlpops models card {reg['version']})"))
+        model = f" --model {reg['name']}" if named else ""
+        rows.append(("card", f"{report['card']} (nlpops models card {reg['version']}{model})"))
     from pipelines.redact import redact_url
     from pipelines.tracking import tracking_uri
 

@@ -398,3 +398,30 @@ def test_report_stage_logs_the_report_and_models_card_prints_the_card(tmp_path: 
         assert code == 2 and err.strip() == "error: registry: 'demo' has no version '9' (see `nlpops models list`)"
         code, _, err = _cli("models", "card", "1", cwd=project)
         assert code == 2 and "demo v1 has no model card" in err
+
+
+def test_each_task_gives_confidences_for_the_calibration_view() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.tasks.base import Predictions
+
+    text = get_task("text_classification").confidences(
+        Predictions(values=[1, 0], scores=np.array([[0.0, 2.0], [1.0, 0.0]])), pd.DataFrame({"label": [1, 1]})
+    )
+    assert text is not None and text["correct"] == [True, False] and text["unit"] == "examples"
+    assert text["confidence"] == pytest.approx([1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))])
+    tags = get_task("token_classification").confidences(
+        Predictions(values=[["O", "B-PER"], ["O"]], scores=[[0.9, 0.6], [0.7]]),
+        pd.DataFrame({"tags": [["O", "I-PER"], ["O"]]}),
+    )
+    assert tags == {"confidence": [0.9, 0.6, 0.7], "correct": [True, False, True], "unit": "words"}
+    answers = get_task("question_answering").confidences(
+        Predictions(values=["the Paris", "", "Rome"], scores=[0.8, 0.3, 0.6]),
+        pd.DataFrame({"answer_texts": [["Paris"], [], ["Milan"]]}),
+    )
+    assert answers == {"confidence": [0.8, 0.6], "correct": [True, False], "unit": "answered questions"}
+    assert get_task("text_classification").confidences(Predictions(values=[1]), pd.DataFrame({"label": [1]})) is None
+    summary = calibration_summary([0.95, 0.95, 0.55, 0.65], [True, False, True, True], bins=10)
+    assert summary["count"] == 4 and [b["count"] for b in summary["bins"]][5:] == [1, 1, 0, 0, 2]
+    assert summary["ece"] == pytest.approx((2 * 0.45 + 0.45 + 0.35) / 4)

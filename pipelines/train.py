@@ -139,7 +139,7 @@ def feature_batches(
         for idx in sequential_batches(rows["length"], batch_size):
             batch = task.collate(_take(rows, idx), pad_token_id)
             outputs = model(**batch)
-            progress.batch_done(len(idx))  # the evaluate stage's progress (pipelines/progress.py)
+            progress.batch_done(len(idx))  # evaluation and per-epoch validation progress (pipelines/progress.py)
             yield idx, batch, outputs
 
 

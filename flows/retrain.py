@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from pipelines import progress
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pipelines.dag import STAGE_ORDER, stage_fingerprint, stage_outputs_exist
 from pipelines.dag import run_stage as run_stage_of_table
@@ -25,7 +27,7 @@ from pipelines.paths import StagePaths
 from pipelines.redact import install_log_redaction
 
 # Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
-RETRIES = {"register": 3, "evaluate": 2}
+RETRIES = {"register": 3, "evaluate": 2, "report": 2}
 
 
 def _stamp_path(params: Params, stage: str) -> Path:
@@ -130,7 +132,7 @@ def retrain(
     skip_if_unchanged: bool = False,
     experiment: str | None = None,
 ) -> Any:
-    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register.
+    """validate → clean → tokenise → train → evaluate (gate) → export (parity) → register → report.
 
     skip_if_unchanged (scheduled runs): first compare data, params and code with the champion's lineage; when
     nothing changed, end at once in a Completed state named "Skipped" whose message gives the reason.
@@ -146,6 +148,21 @@ def retrain(
         if busy:
             return Completed(name="Skipped", message=busy, data={"skipped": True, "reason": busy})
         return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged, experiment)
+
+
+def _cache_reason(stage: str) -> str:
+    from pipelines.dag import STAGES
+
+    return f"params ({', '.join(STAGES[stage].params)}), inputs and code unchanged since its last run"
+
+
+def _after_failure(params: Params, stage: str, later: tuple[str, ...], exc: BaseException, began: float) -> None:
+    """A stage failed: say which stages did not run, and write the report of what there is (never raises)."""
+    for name in later:
+        progress.stage_skipped(name, f"{stage} failed")
+    from pipelines.stages.report import write_partial_report
+
+    write_partial_report(params, stage, exc, since=began)
 
 
 def _lock_echo(line: str) -> None:
@@ -173,7 +190,7 @@ def _run_stages(
             )
     states: dict[str, str] = {}
     results: dict[str, Any] = {}
-    for stage in STAGE_ORDER:
+    for position, stage in enumerate(STAGE_ORDER):
         extra = None
         if stage == "evaluate":
             extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
@@ -184,9 +201,16 @@ def _run_stages(
         if not outputs_current(params, stage, fingerprint):
             # Outputs missing or produced under other inputs: run, and store the result under this key.
             stage_task = stage_task.with_options(refresh_cache=True)
+        began = time.time()
         state = stage_task(params_data, fingerprint, return_state=True)
         states[stage] = state.name
-        results[stage] = state.result()  # re-raises the stage's own error
+        if state.name == "Cached":
+            progress.stage_cached(stage, f"{_cache_reason(stage)} (fingerprint {fingerprint[:12]})")
+        try:
+            results[stage] = state.result()  # re-raises the stage's own error
+        except BaseException as exc:
+            _after_failure(params, stage, STAGE_ORDER[position + 1 :], exc, began)
+            raise
         if stage == "train":
             results["train"] = training_run_on_store(params_data)
     # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock

@@ -485,6 +485,18 @@ def available_experiments(params_file: str | Path = DEFAULT_PARAMS_FILE) -> list
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def raw_params(
+    path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None, experiment: str | None = None
+) -> dict[str, Any]:
+    """The keys as written: params.yaml, the named experiment laid over it, --set on top; not validated and without
+    defaults (a key left out stays out, so train.recipe still decides it). `nlpops params` prints or writes it."""
+    load_params(path, overrides, experiment)  # every error a run would meet, first
+    data = _read_yaml_mapping(Path(path))
+    if experiment:
+        data = overlay(data, _read_yaml_mapping(experiment_file(path, experiment)))
+    return apply_overrides(data, overrides or [])
+
+
 def load_params(
     path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None, experiment: str | None = None
 ) -> Params:

@@ -155,6 +155,31 @@ STAGES: dict[str, StageSpec] = {
             ),
             uses_task=True,
         ),
+        StageSpec(
+            "report",
+            "pipelines.stages.report:run_report",
+            ("project", "data", "task", "tokenise", "model", "train", "gate", "register"),
+            lambda p, sp: [
+                sp.validation_report,
+                sp.clean_dir,
+                sp.train_summary,
+                sp.train_history,
+                *_evaluate_outs(p, sp),
+                sp.export_dir,
+                sp.registration,
+            ],
+            lambda p, sp: [sp.report_html, sp.learning_curves, sp.model_card],
+            (
+                "pipelines.stages.report",
+                "pipelines.report.build",
+                "pipelines.report.card",
+                "pipelines.report.html",
+                "pipelines.stages.common",
+                "pipelines.registry",
+            ),
+            uses_task=True,
+            dvc={"plots": {"report/learning_curves.svg": {}}},
+        ),
     )
 }
 
@@ -162,7 +187,22 @@ STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
 
 
 def run_stage(params: Params, stage: str) -> dict[str, Any]:
-    return STAGES[stage].function()(params)
+    """Run one stage, reporting its start, end or failure (pipelines/progress.py)."""
+    import time
+
+    from pipelines import progress
+    from pipelines.errors import first_line
+    from pipelines.redact import redact_text
+
+    progress.stage_started(stage)
+    started = time.perf_counter()
+    try:
+        summary = STAGES[stage].function()(params)
+    except BaseException as exc:
+        progress.stage_failed(stage, time.perf_counter() - started, redact_text(first_line(exc, 300)))
+        raise
+    progress.stage_finished(stage, time.perf_counter() - started)
+    return summary
 
 
 def _path_digest(path: Path) -> str | None:
@@ -273,7 +313,7 @@ def render_dvc_yaml(params: Params) -> str:
         if metrics:
             stage["metrics"] = list(metrics)
         if plots:
-            stage["plots"] = [{p: dict(v)} for p, v in plots.items()]
+            stage["plots"] = [{p: dict(v)} if v else p for p, v in plots.items()]  # {}: an image plot
         stages[name] = stage
     curves = [{"training_curves": {"x": "epoch", "y": {f"{root}/train/history.json": ["train_loss", "val_loss"]}}}]
     return _DVC_HEADER + yaml.safe_dump({"stages": stages, "plots": curves}, sort_keys=False, width=120)

@@ -222,3 +222,33 @@ def write_metrics(scores: dict[str, Any], metric_names: tuple[str, ...], path: P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scalar, indent=2))
     return scalar
+
+
+def calibration_summary(confidence: Any, correct: Any, unit: str = "examples", bins: int = 10) -> dict[str, Any]:
+    """Equal-width confidence bins over [0, 1]: count, mean confidence and accuracy per bin, and the expected
+    calibration error (ECE: the count-weighted gap between accuracy and confidence). What the run report draws
+    its score histogram and reliability diagram from."""
+    import numpy as np
+
+    conf = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    right = np.asarray(correct, dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.minimum(np.searchsorted(edges, conf, side="right") - 1, bins - 1)
+    out_bins, ece = [], 0.0
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        record: dict[str, Any] = {"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": count}
+        record["mean_confidence"] = record["accuracy"] = None
+        if count:
+            record["mean_confidence"], record["accuracy"] = float(conf[mask].mean()), float(right[mask].mean())
+            ece += count / len(conf) * abs(record["accuracy"] - record["mean_confidence"])
+        out_bins.append(record)
+    return {
+        "unit": unit,
+        "count": len(conf),
+        "accuracy": float(right.mean()) if len(right) else None,
+        "mean_confidence": float(conf.mean()) if len(conf) else None,
+        "ece": round(ece, 6) if len(conf) else None,
+        "bins": out_bins,
+    }

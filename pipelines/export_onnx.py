@@ -123,11 +123,14 @@ def onnx_parity(
     import numpy as np
     import torch
 
+    from pipelines import progress
     from pipelines.serving import ort_session
 
     session = ort_session(onnx_path)
     model = spec.module
     max_diff, mismatches, seq_lengths, sizes = 0.0, 0, [], []
+    total = sum(int(f[spec.input_names[0]].shape[0]) for f in feeds_list)
+    tracker = progress.Task("parity", total, "rows", "export")
     for feeds in feeds_list:
         with torch.inference_mode():
             expected = model(*(torch.from_numpy(feeds[name]) for name in spec.input_names))
@@ -144,6 +147,8 @@ def onnx_parity(
         first = feeds[spec.input_names[0]]
         sizes.append(int(first.shape[0]))
         seq_lengths.append(int(first.shape[1]) if first.ndim > 1 else 1)
+        tracker.advance(sizes[-1], max_abs_diff=max_diff)
+    tracker.finish()
     return {
         "passed": bool(max_diff <= atol and mismatches == 0),
         "max_abs_diff": max_diff,
@@ -164,13 +169,18 @@ def onnx_latency(runtime: Any, items: list[Any], runs: int) -> dict[str, Any]:
 
     if runs <= 0 or not items:
         return {}
+    from pipelines import progress
+
     timings = []
+    tracker = progress.Task("latency", runs + 3, "calls", "export")
     for i in range(runs + 3):
         item = items[i % len(items)]
         start = time.perf_counter()
         runtime.predict([item], batch_size=1)
         if i >= 3:  # the first calls pay for allocations, not for the model
             timings.append((time.perf_counter() - start) * 1000.0)
+        tracker.advance(1)
+    tracker.finish(p95=f"{np.percentile(timings, 95):.2f} ms")
     return {
         "latency_runs": len(timings),
         "latency_p50_ms": float(np.percentile(timings, 50)),
@@ -195,6 +205,9 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     spec = task.export_spec(model, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
+    from pipelines import progress
+
+    progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
     input_names = export_model_to_onnx(spec, onnx_path, cfg.opset)
 
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)  # no stale files from an earlier export

@@ -111,6 +111,11 @@ class StagePaths:
         return self.evaluate_dir / "views"
 
     @property
+    def calibration(self) -> Path:
+        """Confidence bins of the test predictions (score histogram and reliability diagram of the report)."""
+        return self.evaluation_views / "calibration.json"
+
+    @property
     def gate(self) -> Path:
         return self.evaluate_dir / "gate.json"
 
@@ -131,3 +136,20 @@ class StagePaths:
     @property
     def registration(self) -> Path:
         return self.root / "register" / "registration.json"
+
+    # report
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_html(self) -> Path:
+        return self.report_dir / "index.html"
+
+    @property
+    def learning_curves(self) -> Path:
+        return self.report_dir / "learning_curves.svg"
+
+    @property
+    def model_card(self) -> Path:
+        return self.report_dir / "model_card.md"

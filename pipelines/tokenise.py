@@ -69,6 +69,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _split_stats(frame: Any, columns: dict[str, list], cfg: TokeniseConfig, path: Path, task: Task) -> dict[str, Any]:
+    """Write one tokenised split; its row, feature and token counts for the manifest."""
+    _write_split(columns, path, task.feature_types())
+    lengths = columns["length"]
+    return {
+        "rows": len(frame),
+        "features": len(lengths),
+        "tokens": int(sum(lengths)),
+        "max_tokens": int(max(lengths, default=0)),
+        "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 2),
+        "truncated_rows": int(sum(1 for n in lengths if n >= cfg.max_length)),
+    }
+
+
 def tokenise_splits(
     clean_dir: Path,
     tokenizer_dir: Path,
@@ -91,21 +105,19 @@ def tokenise_splits(
         cache_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=cache_root))
         stats: dict[str, Any] = {}
-        for split in SPLITS:
-            frame = pd.read_parquet(clean_dir / f"{split}.parquet")
-            frame.attrs["split"] = split  # a task may treat train differently (QA down-samples answer-less windows)
-            with _TokenizerThreads():
-                columns = task.tokenise(tokenizer, frame, cfg)
-            _write_split(columns, staging / f"{split}.parquet", task.feature_types())
-            lengths = columns["length"]
-            stats[split] = {
-                "rows": len(frame),
-                "features": len(lengths),
-                "tokens": int(sum(lengths)),
-                "max_tokens": int(max(lengths, default=0)),
-                "mean_tokens": round(sum(lengths) / max(len(lengths), 1), 2),
-                "truncated_rows": int(sum(1 for n in lengths if n >= cfg.max_length)),
-            }
+        import pyarrow.parquet as pq
+
+        from pipelines import progress
+
+        rows = sum(pq.ParquetFile(clean_dir / f"{s}.parquet").metadata.num_rows for s in SPLITS)
+        with progress.track("tokenised", total=rows, unit="rows", stage="tokenise") as tracker:
+            for split in SPLITS:
+                frame = pd.read_parquet(clean_dir / f"{split}.parquet")
+                frame.attrs["split"] = split  # a task may treat train differently (QA down-samples windows)
+                with _TokenizerThreads():
+                    columns = task.tokenise(tokenizer, frame, cfg)
+                tracker.advance(len(frame))
+                stats[split] = _split_stats(frame, columns, cfg, staging / f"{split}.parquet", task)
         manifest = {
             "cache_key": key,
             "max_length": cfg.max_length,
@@ -120,6 +132,10 @@ def tokenise_splits(
             staging.rename(cache_dir)
         except OSError:  # another run published the same key first
             shutil.rmtree(staging, ignore_errors=True)
+    else:
+        from pipelines import progress
+
+        progress.message(f"tokenised splits reused from the content cache ({key[:12]})", stage="tokenise")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in [*(f"{s}.parquet" for s in SPLITS), MANIFEST]:
         _link_or_copy(cache_dir / name, out_dir / name)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from pipelines import progress
 from pipelines.config import ModelConfig, TrainConfig
 from pipelines.errors import ModelLoadError
 from pipelines.tasks.base import Task
@@ -137,7 +138,9 @@ def feature_batches(
     with torch.inference_mode():
         for idx in sequential_batches(rows["length"], batch_size):
             batch = task.collate(_take(rows, idx), pad_token_id)
-            yield idx, batch, model(**batch)
+            outputs = model(**batch)
+            progress.batch_done(len(idx))  # evaluation and per-epoch validation progress (pipelines/progress.py)
+            yield idx, batch, outputs
 
 
 def subset_rows(rows: dict[str, list], n: int, seed: int) -> dict[str, list]:
@@ -412,6 +415,7 @@ def train_model(
             epoch_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
             step += 1
+            progress.training_step(epoch, train_cfg.epochs, position + 1, len(batches), seen, epoch_loss / seen)
             if train_cfg.max_steps and step >= train_cfg.max_steps:
                 break
             if every and step % every == 0 and position + 1 < len(batches):

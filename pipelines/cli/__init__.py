@@ -35,6 +35,7 @@ def main() -> None:
         result = app(standalone_mode=False)
     except NlpopsError as exc:
         typer.echo(f"error: {redact_text(str(exc))}", err=True)
+        _error_event(redact_text(str(exc)), exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -66,10 +67,18 @@ def main() -> None:
             f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))} (rerun with --verbose for details)",
             err=True,
         )
+        _error_event(f"unexpected {type(exc).__name__}: {redact_text(str(exc))}", 1)
         sys.exit(1)
     # standalone_mode=False returns a command's typer.Exit code instead of exiting with it: pass it on
     if isinstance(result, int) and result:
         sys.exit(result)
+
+
+def _error_event(message: str, exit_code: int) -> None:
+    """--log-format json: the error as one more JSON object on stdout (the one-line text stays on stderr)."""
+    from pipelines import progress
+
+    progress.emit("error", message=message, exit_code=exit_code)
 
 
 __all__ = ["app", "main"]

@@ -21,6 +21,20 @@ ModelOpt = typer.Option(
     None, "--model", "-m", help="Registered model name (default: project.registered_model of the params)."
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress: only errors and the final summary.")
+LogFormatOpt = typer.Option(
+    None,
+    "--log-format",
+    help="Progress as auto (bars on a terminal, else plain lines) | rich | plain | json (one JSON object per event "
+    "on stdout) [env NLPOPS_LOG_FORMAT].",
+)
+
+
+def configure_progress(log_format: str | None, quiet: bool) -> None:
+    """--log-format / --quiet for this process and, through the environment, the stage processes it starts."""
+    from pipelines import progress
+
+    progress.configure(log_format, quiet or None)
 
 
 class _State:
@@ -58,6 +72,8 @@ def setup(
     # Prefect keeps its ephemeral database and cached results with the rest of the project's state.
     os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # ... and its client: no telemetry notice on the terminal of an offline machine (the standard opt-out variable)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # The first start of the ephemeral server migrates its database; on a busy 2-core machine that can take
     # longer than Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

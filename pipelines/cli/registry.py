@@ -137,6 +137,24 @@ def models_history(
         typer.echo(_event_line(e))
 
 
+@models_app.command("card")
+def models_card(
+    version: str = typer.Argument(..., help="Version number, or an alias (champion, challenger)."),
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
+    model: str | None = ModelOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Print the model card stored with VERSION (Markdown in the Hugging Face model-card layout)."""
+    from pipelines.report.card import read_card
+
+    params = _params(params_file, overrides, verbose, model, experiment)
+    with _registry(params):
+        _, card = read_card(params.project.registered_model, version)
+    typer.echo(card.rstrip("\n"))
+
+
 def promote_command(
     version: str = typer.Argument(..., help="Version number to make champion."),
     reason: str | None = ReasonOpt,

@@ -10,7 +10,19 @@ from typing import Any
 
 import typer
 
-from pipelines.cli.options import ExperimentOpt, ModelOpt, ParamsOpt, SetOpt, VerboseOpt, echo, setup, state
+from pipelines.cli.options import (
+    ExperimentOpt,
+    LogFormatOpt,
+    ModelOpt,
+    ParamsOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    configure_progress,
+    echo,
+    setup,
+    state,
+)
 from pipelines.config import Params
 from pipelines.dag import STAGE_ORDER
 from pipelines.errors import NlpopsError
@@ -19,9 +31,13 @@ data_app = typer.Typer(help="Bring data in under DVC.", no_args_is_help=True)
 
 
 def _print_summary(stage: str, summary: dict[str, Any]) -> None:
+    from pipelines import progress
     from pipelines.redact import redact_settings
 
     shown = {k: v for k, v in summary.items() if k not in ("history",)}
+    if progress.mode() == "json":  # every stdout line is a JSON object then
+        progress.emit("stage_summary", stage=stage, summary=json.loads(json.dumps(redact_settings(shown), default=str)))
+        return
     echo(f"{stage}: " + json.dumps(redact_settings(shown), default=str, indent=None)[:2000])
 
 
@@ -31,10 +47,13 @@ def _stage_command(stage: str):
         overrides: list[str] = SetOpt,
         experiment: str | None = ExperimentOpt,
         verbose: bool = VerboseOpt,
+        quiet: bool = QuietOpt,
+        log_format: str | None = LogFormatOpt,
     ) -> None:
         from pipelines.dag import run_stage
         from pipelines.run_lock import hold_run_lock
 
+        configure_progress(log_format, quiet)
         params = setup(params_file, overrides, verbose, experiment=experiment)
         with hold_run_lock(params, f"nlpops {stage}"):  # under `dvc repro`: held for DVC, first stage to last
             _print_summary(stage, run_stage(params, stage))
@@ -51,6 +70,7 @@ STAGE_HELP = {
     "evaluate": "Test metrics, the task's evaluation views and slices, and the champion/challenger gate.",
     "export": "Export ONNX and check parity against PyTorch on real test inputs.",
     "register": "Register the ONNX model as challenger; promote to champion if the gate passed.",
+    "report": "Write the HTML run report and the registered version's model card (both logged to MLflow).",
 }
 
 
@@ -62,8 +82,11 @@ def run_flow(
     if_changed: bool = typer.Option(
         False, "--if-changed", help="Skip (and say why) when data, params and code match the champion's lineage."
     ),
+    quiet: bool = QuietOpt,
+    log_format: str | None = LogFormatOpt,
 ) -> None:
-    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register."""
+    """Run the whole Prefect flow: validate → clean → tokenise → train → evaluate → export → register → report."""
+    configure_progress(log_format, quiet)
     params = setup(params_file, overrides, verbose, experiment=experiment)
     started = time.perf_counter()
     from flows.retrain import retrain
@@ -79,36 +102,58 @@ def run_flow(
                 params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed, experiment=experiment
             )
     if result.get("skipped"):
+        from pipelines import progress
+
+        if progress.mode() == "json":
+            progress.emit("run_skipped", seconds=round(time.perf_counter() - started, 1), reason=result["reason"])
+            return
         echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
         return
-    _print_run_report(params, result, time.perf_counter() - started)
+    _print_run_report(params, result, time.perf_counter() - started, named=bool(experiment or overrides))
 
 
-def _print_run_report(params: Params, result: dict[str, Any], seconds: float) -> None:
+def _print_run_report(params: Params, result: dict[str, Any], seconds: float, named: bool = False) -> None:
+    """The run's summary; `named`: run with -e or --set, so the card hint names the model."""
     states, res = result["states"], result["results"]
     cached = [s for s, state in states.items() if state == "Cached"]
     ev, reg, tr, ex = res["evaluate"], res["register"], res["train"], res["export"]
     clean = res["clean"]
-    echo("")
-    echo(f"nlpops run finished in {seconds:.1f} s" + (f" (cached stages: {', '.join(cached)})" if cached else ""))
-    echo(f"  data      {params.data.path}: {clean.get('rows_in')} rows in, splits {clean.get('splits')}")
-    echo(f"  training  best epoch {tr['best_epoch']}/{tr['epochs_run']}, {tr['train_seconds']} s, run {tr['run_id']}")
+    rows: list[tuple[str, str]] = []
+    rows.append(("data", f"{params.data.path}: {clean.get('rows_in')} rows in, splits {clean.get('splits')}"))
+    rows.append(
+        ("training", f"best epoch {tr['best_epoch']}/{tr['epochs_run']}, {tr['train_seconds']} s, run {tr['run_id']}")
+    )
     shown = "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
-    echo(f"  test      {shown}  ({ev['test_rows']} rows)")
+    rows.append(("test", f"{shown}  ({ev['test_rows']} rows)"))
     gate = reg.get("gate") or ev["gate"]  # the final decision (with parity and latency) is made at register
-    echo(f"  gate      {'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate.get("reasons") or []))
-    echo(f"  onnx      {ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})")
+    rows.append(("gate", f"{'PASSED' if gate['passed'] else 'FAILED'}: " + "; ".join(gate.get("reasons") or [])))
+    rows.append(("onnx", f"{ex['onnx_path']} (parity max abs diff {ex['max_abs_diff']:.2e} ≤ {ex['atol']})"))
     aliases = f"'{params.register_.challenger_alias}'"
     if reg["promoted"]:
         aliases += f" and '{params.register_.champion_alias}'"
     champion = f"champion is v{reg['champion']}" if reg["champion"] else "no champion yet"
-    echo(f"  registry  {reg['name']} v{reg['version']} alias {aliases}; {champion}")
+    rows.append(("registry", f"{reg['name']} v{reg['version']} alias {aliases}; {champion}"))
+    report = res.get("report") or {}
+    if report.get("report"):
+        rows.append(("report", str(report["report"])))
+    if report.get("card"):
+        model = f" --model {reg['name']}" if named else ""
+        rows.append(("card", f"{report['card']} (nlpops models card {reg['version']}{model})"))
     from pipelines.redact import redact_url
     from pipelines.tracking import tracking_uri
 
-    echo(f"  tracking  {redact_url(tracking_uri(params))}")
+    rows.append(("tracking", redact_url(tracking_uri(params))))
     if "dvc" in res:
-        echo(f"  dvc       {res['dvc']}")
+        rows.append(("dvc", str(res["dvc"])))
+    from pipelines import progress
+
+    if progress.mode() == "json":
+        progress.emit("run_finished", seconds=round(seconds, 1), cached=cached, summary=dict(rows))
+        return
+    echo("")
+    echo(f"nlpops run finished in {seconds:.1f} s" + (f" (cached stages: {', '.join(cached)})" if cached else ""))
+    for key, text in rows:
+        echo(f"  {key:<9} {text}")
 
 
 def predict(
@@ -187,10 +232,37 @@ def dag_command(
         echo(f"{name:<9} params {', '.join(spec.params)}; code {', '.join(spec.code_modules(params))}")
 
 
+def params_command(
+    params_file: str = ParamsOpt,
+    overrides: list[str] = SetOpt,
+    experiment: str | None = ExperimentOpt,
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Write them over the params file (comments are not kept): how `dvc exp run` runs -e NAME.",
+    ),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Print the params a run reads: params.yaml, the named experiment (-e) laid over it, --set on top."""
+    import yaml
+
+    from pipelines.config import raw_params
+
+    state.verbose = verbose
+    text = yaml.safe_dump(raw_params(params_file, overrides, experiment), sort_keys=False, allow_unicode=True)
+    if not write:
+        echo(text.rstrip("\n"))
+        return
+    Path(params_file).write_text(text, encoding="utf-8")
+    changed = f"experiment {experiment!r}" if experiment else "the overrides"
+    echo(f"{params_file}: {changed} written in (`git checkout {params_file}` restores it)")
+
+
 def add_commands(app: typer.Typer) -> None:
     for stage in STAGE_ORDER:
         app.command(stage, help=STAGE_HELP.get(stage))(_stage_command(stage))
     app.command("run")(run_flow)
     app.command("predict")(predict)
     app.command("dag")(dag_command)
+    app.command("params")(params_command)
     app.add_typer(data_app, name="data")

@@ -12,11 +12,13 @@ from pipelines.stages.common import read_json, record_failed_run
 
 
 def run_validate(params: Params) -> dict[str, Any]:
+    from pipelines import progress
     from pipelines.tasks.catalog import get_task
 
     paths = StagePaths.from_params(params)
     try:
-        return get_task(params).validate_data(paths.validation_report, paths.data_docs)
+        with progress.track("checked", unit="rows", stage="validate", ambient=True):
+            return get_task(params).validate_data(paths.validation_report, paths.data_docs)
     except DataValidationError as exc:
         record_failed_run(params, "validate", str(exc), exc.report_path, [paths.data_docs])
         raise

@@ -111,11 +111,23 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     model = task.load_trained(paths.model_dir)
     test_rows = read_tokenised_split(paths.tokenised_dir / "test.parquet")
     test = pd.read_parquet(paths.clean_split("test"))
-    predictions = task.predict(model, test_rows, test, params.train.eval_batch_size, manifest["pad_token_id"])
+    from pipelines import progress
+
+    features = len(test_rows["input_ids"])
+    unit = "rows" if features == len(test) else "windows"  # long inputs are split into several windows
+    with progress.track("test split", total=features, unit=unit, stage="evaluate", ambient=True):
+        predictions = task.predict(model, test_rows, test, params.train.eval_batch_size, manifest["pad_token_id"])
     scores = task.score(predictions, test, id2label)
     write_metrics(scores, task.spec.metrics, paths.metrics)
     shutil.rmtree(paths.evaluation_views, ignore_errors=True)
     views = task.write_evaluation(scores, predictions, test, paths.evaluation_views)
+    scored = task.confidences(predictions, test)
+    if scored is not None and len(scored["confidence"]):  # the run report's score histogram and calibration
+        from pipelines.evaluate import calibration_summary
+
+        calibration = calibration_summary(scored["confidence"], scored["correct"], scored.get("unit", "examples"))
+        write_json(paths.calibration, calibration)
+        views = {**views, "calibration": paths.calibration}
     scores["slices"], members, notes = task.slices(predictions, test, test_rows, id2label)
     membership = membership_digest(members)
     write_json(paths.slices, {"slices": scores["slices"], "membership_sha256": membership, "notes": notes})

@@ -36,8 +36,20 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
         log_data_quality(params, paths)
         mlflow.log_dict(manifest, "data/tokenise_manifest.json")
 
+        from pipelines import progress
+
+        features = (manifest.get("splits") or {}).get("validation", {}).get("features")
+        progress.training_validation(features, "rows" if features == len(val_frame) else "windows")
+        metric = params.stopping_metric
+        best: list[float] = []
+
         def log_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            value = record.get("val_loss" if metric == "loss" else f"val_{metric}")
+            better = value is not None and (not best or (value < best[0] if metric == "loss" else value > best[0]))
+            if better and value is not None:
+                best[:] = [float(value)]
+            progress.epoch_end(epoch, record, best=better)
 
         summary = train_model(
             paths.tokenised_dir,
@@ -51,7 +63,7 @@ def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
             on_epoch_end=log_epoch,
             checkpoint_dir=paths.checkpoint_dir,
             val_frame=val_frame,
-            metric=params.stopping_metric,
+            metric=metric,
         )
         summary["run_id"] = run.info.run_id
         summary["base_model"] = str(model_path)

@@ -162,6 +162,26 @@ class Task(ABC):
         """Scalar metrics recorded on the run and the registered version."""
         return {name: float(scores[name]) for name in self.spec.metrics if name in scores}
 
+    # ------------------------------------------------------------------ run report and model card
+
+    # Hugging Face `pipeline_tag` of the model card (None: left out)
+    card_pipeline_tag: ClassVar[str | None] = None
+
+    def confidences(self, predictions: Predictions, frame: pd.DataFrame) -> dict[str, Any] | None:
+        """Per-prediction confidence and correctness for the report's score histogram and calibration:
+        {"confidence": [...], "correct": [...], "unit": "examples"}; None when the task has no such scores."""
+        return None
+
+    def report_sections(self, metrics: dict[str, Any], slices: dict[str, Any], views_dir: Path) -> list[Any]:
+        """The task's evaluation views in the run report (pipelines.report.html.Section objects), drawn from what
+        `write_evaluation` wrote to views_dir. Default: every PNG there, inline."""
+        from pipelines.report.html import Section, png
+
+        images = sorted(Path(views_dir).glob("*.png")) if Path(views_dir).is_dir() else []
+        if not images:
+            return []
+        return [Section("task-views", "Evaluation views", [png(p.read_bytes(), p.stem) for p in images])]
+
     # ------------------------------------------------------------------ export, parity, serving
 
     @abstractmethod

@@ -124,6 +124,19 @@ def test_first_run_registers_an_onnx_champion_with_lineage(project: Path, first_
     assert len(history) == 4  # one point per epoch
 
 
+def test_first_run_writes_the_html_report_and_the_champion_card(project: Path, first_run) -> None:
+    assert "  report    artifacts/report/index.html" in first_run.stdout
+    assert "train     epoch 4/4" in first_run.stdout and "evaluate  done in" in first_run.stdout  # plain progress
+    page = (project / "artifacts/report/index.html").read_text()
+    assert "Complete run" in page and f"{MODEL_NAME} v1" in page
+    assert page.count('<svg class="plot"') >= 5 and 'data-points="0"' not in page.split('id="slices"')[0]
+    assert (project / "artifacts/report/learning_curves.svg").is_file()
+    card = nlpops(project, "models", "card", "champion")
+    assert card.returncode == 0, card.stderr
+    assert card.stdout.startswith("---\n") and f"# {MODEL_NAME} v1" in card.stdout and "## Lineage" in card.stdout
+    assert card.stdout.strip() == (project / "artifacts/report/model_card.md").read_text().strip()
+
+
 # Unambiguous sentences in the training data's vocabulary (conftest POSITIVE / NEGATIVE / FILLER: the tiny model's
 # tokenizer knows only those words), none of them a training row.
 UNAMBIGUOUS = {
@@ -156,7 +169,7 @@ def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:
         [str(BIN / "dvc"), "repro"], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    for stage in ("validate", "clean", "tokenise", "train", "evaluate", "export", "register"):
+    for stage in ("validate", "clean", "tokenise", "train", "evaluate", "export", "register", "report"):
         assert f"Stage '{stage}' didn't change, skipping" in done.stdout
     assert "Running stage" not in done.stdout
 
@@ -174,7 +187,7 @@ def test_another_experiment_leaves_the_first_cached_and_every_command_reaches_bo
     assert "registry  e2e-other v1" in other.stdout, other.stdout
     done = nlpops(project, "run")
     assert done.returncode == 0, done.stderr
-    assert "cached stages: validate, clean, tokenise, train, evaluate, export, register" in done.stdout
+    assert "cached stages: validate, clean, tokenise, train, evaluate, export, register, report" in done.stdout
     assert len(_versions(project)) == before
     listed = nlpops(project, "models", "list", "--all")
     assert listed.returncode == 0, listed.stderr
@@ -207,5 +220,8 @@ def test_bad_data_stops_the_run_with_one_line_and_touches_nothing(project: Path,
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: bad.csv:"), done.stderr
+    assert "validate  FAILED" in done.stdout and "register  skipped: validate failed" in done.stdout
+    page = (project / "artifacts/report/index.html").read_text()  # a partial report says where the run stopped
+    assert "PARTIAL: the run stopped at validate: bad.csv:" in page and "Validation (Great Expectations)" in page
     assert len(_versions(project)) == versions_before
     assert _client(project).get_model_version_by_alias(MODEL_NAME, "champion").version == champion_before

@@ -116,3 +116,21 @@ def test_shipped_experiments_are_valid() -> None:
     assert {"sst2", "rte", "agnews", "conll"} <= set(names)
     for name in names:
         load_params(REPO / "params.yaml", [], name)
+
+
+def test_raw_params_lay_the_experiment_over_params_yaml_keeping_left_out_keys_out(tmp_path: Path) -> None:
+    """`nlpops params -e NAME --write` (how `dvc exp run` runs a named experiment) writes these: only keys written
+    somewhere, so a key left to train.recipe stays left out."""
+    from pipelines.config import raw_params
+
+    (tmp_path / "params.yaml").write_text("data:\n  path: a.csv\ntrain:\n  epochs: 4\n  seed: 1\n")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "big.yaml").write_text("project:\n  artifacts_dir: runs/big\ntrain:\n  epochs: 1\n")
+    raw = raw_params(tmp_path / "params.yaml", ["train.seed=7"], "big")
+    assert raw == {
+        "data": {"path": "a.csv"},
+        "train": {"epochs": 1, "seed": 7},
+        "project": {"artifacts_dir": "runs/big"},
+    }
+    with pytest.raises(ConfigError, match="experiment 'nope'"):
+        raw_params(tmp_path / "params.yaml", [], "nope")

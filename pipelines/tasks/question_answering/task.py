@@ -238,6 +238,64 @@ class QuestionAnswering(Task):
         notes = ["F1 on answerable / unanswerable questions and per question word (first wh-word, else 'other')"]
         return found, membership, notes
 
+    # ------------------------------------------------------------------ run report
+
+    card_pipeline_tag = "question-answering"
+
+    def confidences(self, predictions: Predictions, frame: pd.DataFrame) -> dict[str, Any] | None:
+        """Answered questions only: the probability of the chosen span, and whether it matches a gold answer
+        exactly (SQuAD normalisation)."""
+        from pipelines.tasks.question_answering.metrics import per_question
+
+        if predictions.scores is None:
+            return None
+        values = [str(v) for v in predictions.values]
+        exact, _ = per_question([list(t) for t in frame["answer_texts"]], values)
+        answered = [i for i, v in enumerate(values) if v]
+        return {
+            "confidence": [float(predictions.scores[i]) for i in answered],
+            "correct": [bool(exact[i]) for i in answered],
+            "unit": "answered questions",
+        }
+
+    def report_sections(self, metrics: dict[str, Any], slices: dict[str, Any], views_dir: Path) -> list[Any]:
+        """SQuAD 2.0's split: answerable (HasAns) and unanswerable (NoAns) questions, then per question word."""
+        from pipelines.report.html import Section, hbar_chart, table
+
+        found = slices.get("slices") or {}
+        has, no = found.get("answerable=yes") or {}, found.get("answerable=no") or {}
+        rows = [
+            ["HasAns (answerable)", has.get("rows"), metrics.get("has_ans_exact"), metrics.get("has_ans_f1")],
+            ["NoAns (unanswerable)", no.get("rows"), metrics.get("no_ans_exact"), metrics.get("no_ans_f1")],
+            ["all", metrics.get("test_rows"), metrics.get("exact"), metrics.get("f1")],
+        ]
+        words = {k.removeprefix("question="): v for k, v in sorted(found.items()) if k.startswith("question=")}
+        sections = [
+            Section(
+                "has-no-ans",
+                "HasAns / NoAns",
+                [
+                    table(["questions", "count", "exact", "f1"], rows),
+                    table(["null-score threshold (best F1 on validation)"], [[metrics.get("best_f1_thresh")]]),
+                ],
+            )
+        ]
+        if words:
+            sections.append(
+                Section(
+                    "question-words",
+                    "F1 per question word",
+                    [
+                        table(
+                            ["question word", "questions", "f1"],
+                            [[k, v.get("rows"), v.get("value")] for k, v in words.items()],
+                        ),
+                        hbar_chart(list(words), [v.get("value") for v in words.values()], "F1 per question word"),
+                    ],
+                )
+            )
+        return sections
+
     # ------------------------------------------------------------------ export, parity, serving
 
     _parity_config: Any = None  # the exported model's config (its tuned threshold) for outputs_disagree

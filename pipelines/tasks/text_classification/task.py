@@ -174,6 +174,50 @@ class TextClassification(Task):
     def evaluation_files(self, out_dir: Path) -> list[Path]:
         return list(evaluation_paths(out_dir).values())
 
+    # ------------------------------------------------------------------ run report
+
+    card_pipeline_tag = "text-classification"
+
+    def confidences(self, predictions: Predictions, frame: pd.DataFrame) -> dict[str, Any] | None:
+        """Softmax probability of the predicted class, and whether it is the true one."""
+        if predictions.scores is None:
+            return None
+        logits = np.asarray(predictions.scores, dtype=np.float64)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        predicted = np.asarray(predictions.values, dtype=np.int64)
+        correct = predicted == frame["label"].to_numpy(dtype=np.int64)
+        return {"confidence": probs.max(axis=-1).tolist(), "correct": correct.tolist(), "unit": "examples"}
+
+    def report_sections(self, metrics: dict[str, Any], slices: dict[str, Any], views_dir: Path) -> list[Any]:
+        """The confusion matrix and per-class precision / recall / F1 (from per_class.json)."""
+        import json
+
+        from pipelines.report.html import Section, hbar_chart, heatmap, table
+
+        path = evaluation_paths(Path(views_dir))["per_class"]
+        if not path.is_file():
+            return [Section("classes", "Per class", note=f"not available: {path} missing")]
+        data = json.loads(path.read_text())
+        per_class = data.get("per_class") or {}
+        labels = list(per_class)
+        rows = [[name, v["precision"], v["recall"], v["f1"], v["support"]] for name, v in per_class.items()]
+        return [
+            Section(
+                "confusion",
+                "Confusion matrix (rows: true label, columns: predicted)",
+                [heatmap(data.get("confusion_matrix") or [], labels, "Confusion matrix (test split)")],
+            ),
+            Section(
+                "classes",
+                "Per class",
+                [
+                    table(["class", "precision", "recall", "f1", "support"], rows),
+                    hbar_chart(labels, [v["f1"] for v in per_class.values()], "F1 per class"),
+                ],
+            ),
+        ]
+
     # ------------------------------------------------------------------ export and serving
 
     def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:

@@ -210,6 +210,45 @@ class TokenClassification(Task):
     def evaluation_files(self, out_dir: Path) -> list[Path]:
         return [Path(out_dir) / PER_TYPE_FILE, Path(out_dir) / PER_TYPE_PLOT]
 
+    # ------------------------------------------------------------------ run report
+
+    card_pipeline_tag = "token-classification"
+
+    def confidences(self, predictions: Predictions, frame: pd.DataFrame) -> dict[str, Any] | None:
+        """Per word: the softmax probability of its predicted tag, and whether that is the gold tag."""
+        if predictions.scores is None:
+            return None
+        confidence: list[float] = []
+        correct: list[bool] = []
+        for scores, tags, gold in zip(predictions.scores, predictions.values, frame["tags"], strict=True):
+            for score, tag, true in zip(scores, tags, gold, strict=False):
+                confidence.append(float(score))
+                correct.append(tag == true)
+        return {"confidence": confidence, "correct": correct, "unit": "words"}
+
+    def report_sections(self, metrics: dict[str, Any], slices: dict[str, Any], views_dir: Path) -> list[Any]:
+        """Precision / recall / F1 and support per entity type (per tag with scheme none)."""
+        from pipelines.report.html import Section, hbar_chart, table
+
+        path = Path(views_dir) / PER_TYPE_FILE
+        if not path.is_file():
+            return [Section("types", "Per entity type", note=f"not available: {path} missing")]
+        rows = json.loads(path.read_text())
+        unit = "entity type" if self.options.scheme == "IOB2" else "tag"
+        return [
+            Section(
+                "types",
+                f"Per {unit} ({'strict IOB2, exact boundaries' if self.options.scheme == 'IOB2' else 'token level'})",
+                [
+                    table(
+                        [unit, "precision", "recall", "f1", "support"],
+                        [[r["type"], r["precision"], r["recall"], r["f1"], r["support"]] for r in rows],
+                    ),
+                    hbar_chart([r["type"] for r in rows], [r["f1"] for r in rows], f"F1 per {unit}"),
+                ],
+            )
+        ]
+
     # ------------------------------------------------------------------ export, parity, serving
 
     def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:

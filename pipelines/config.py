@@ -60,6 +60,9 @@ class DataConfig(Section):
         None, description="Raw column with user-defined slices; read and cleaned files carry it as column 'slice'."
     )
 
+    source_column: str = Field("source", description="Sequence to sequence: the input text column.")
+    target_column: str = Field("target", description="Sequence to sequence: the output text column.")
+
     tokens_column: str = Field("tokens", description="Token classification, JSONL/Parquet: the list of words.")
     tags_column: str = Field("tags", description="Token classification, JSONL/Parquet: the list of tags.")
     tag_column: int | str = Field(
@@ -332,14 +335,19 @@ class Params(Section):
         return self
 
     @property
+    def primary_metric(self) -> str:
+        """The task's primary metric: its `task.primary_metric` setting where it has one, else its first metric."""
+        return getattr(self.task, "primary_metric", None) or task_metric_names(self.task.type)[0]
+
+    @property
     def gate_metric(self) -> str:
         """The metric the gate compares: gate.metric, or the task's primary metric."""
-        return self.gate.metric or task_metric_names(self.task.type)[0]
+        return self.gate.metric or self.primary_metric
 
     @property
     def stopping_metric(self) -> str:
         """The validation metric that picks the best epoch: train.early_stopping_metric, or the primary metric."""
-        return self.train.early_stopping_metric or task_metric_names(self.task.type)[0]
+        return self.train.early_stopping_metric or self.primary_metric
 
     def section(self, name: str) -> dict[str, Any]:
         """One params section as plain data (what a stage depends on; SECRET_SETTINGS left out)."""

@@ -55,6 +55,13 @@ def raw_files(p: Params) -> list[Path]:
     return [Path(x) for x in (p.data.path, p.data.validation_path, p.data.test_path) if x]
 
 
+def _parity_split(p: Params) -> str:
+    """The clean split the export stage checks ONNX parity on (the task's; test for most)."""
+    from pipelines.tasks.catalog import task_spec
+
+    return task_spec(p.task.type).parity_split
+
+
 def _evaluate_outs(p: Params, sp: StagePaths) -> list[Path]:
     return [sp.metrics, sp.gate, sp.slices, sp.evaluation_views]
 
@@ -125,7 +132,7 @@ STAGES: dict[str, StageSpec] = {
             "export",
             "pipelines.stages.export:run_export",
             ("task", "export", "tokenise"),
-            lambda p, sp: [sp.model_dir, sp.clean_split("test")],
+            lambda p, sp: [sp.model_dir, sp.clean_split(_parity_split(p))],
             lambda p, sp: [sp.export_dir],
             (
                 "pipelines.stages.export",

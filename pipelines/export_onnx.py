@@ -189,7 +189,9 @@ def onnx_latency(runtime: Any, items: list[Any], runs: int) -> dict[str, Any]:
 
 
 def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportConfig, task: Task) -> dict:
-    """model.onnx + tokenizer/ + serving.json + parity.json in out_dir; ParityError if ONNX and PyTorch disagree."""
+    """model.onnx (and any further graph the task exports) + tokenizer/ + serving.json + parity.json in out_dir;
+    ParityError if ONNX and PyTorch disagree. `test_parquet`: the clean split parity runs on (the task's
+    spec.parity_split)."""
     import pandas as pd
 
     from pipelines.hashing import file_digest
@@ -202,13 +204,17 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
         raise ParityError(f"{test_parquet}: no rows for the parity check")
 
     model, tokenizer = load_model_and_tokenizer(model_dir, task)
-    spec = task.export_spec(model, tokenizer)
+    graphs = task.export_graphs(model, tokenizer)  # model.onnx first; an encoder-decoder adds its decoder step
+    spec = graphs["model.onnx"]
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     from pipelines import progress
 
     progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
     input_names = export_model_to_onnx(spec, onnx_path, cfg.opset)
+    for name, graph in graphs.items():
+        if name != "model.onnx":
+            export_model_to_onnx(graph, out_dir / name, cfg.opset)
 
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)  # no stale files from an earlier export
     with _captured():
@@ -216,8 +222,12 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     serving = {**task.serving_config(model, tokenizer, spec), "opset": int(cfg.opset)}
     (out_dir / "serving.json").write_text(json.dumps(serving, indent=2), encoding="utf-8")
 
-    parity = onnx_parity(onnx_path, spec, task, task.parity_feeds(tokenizer, rows, input_names), cfg.atol)
+    parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)
+    if parity is None:
+        parity = onnx_parity(onnx_path, spec, task, task.parity_feeds(tokenizer, rows, input_names), cfg.atol)
     parity.update(opset=int(cfg.opset), onnx_sha256=file_digest(onnx_path), onnx_bytes=onnx_path.stat().st_size)
+    if len(graphs) > 1:
+        parity["onnx_files"] = {name: file_digest(out_dir / name) for name in graphs}
     if parity["passed"]:
         parity.update(onnx_latency(load_runtime(out_dir), task.runtime_inputs(rows), cfg.latency_runs))
     (out_dir / "parity.json").write_text(json.dumps(parity, indent=2), encoding="utf-8")

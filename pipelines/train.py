@@ -406,7 +406,7 @@ def train_model(
         for position in range(first, len(batches)):
             idx = batches[position]
             batch = task.collate(_take(train_rows, idx), pad_token_id)
-            loss = model(**batch).loss
+            loss = task.training_loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
             optimizer.step()

@@ -23,9 +23,9 @@ def run_export(params: Params) -> dict[str, Any]:
         raise StageInputError(f"{paths.model_dir}: no trained model; run `nlpops train` first")
     configure_tracking(params)
     try:
-        result = export_onnx(
-            paths.model_dir, paths.clean_split("test"), paths.export_dir, params.export, get_task(params)
-        )
+        task = get_task(params)
+        parity_rows = paths.clean_split(task.spec.parity_split)
+        result = export_onnx(paths.model_dir, parity_rows, paths.export_dir, params.export, task)
     except ParityError:
         _log_parity(train_summary["run_id"], paths, passed=False)
         raise

@@ -129,6 +129,11 @@ class Task(ABC):
     def collate(self, rows: dict[str, list], pad_token_id: int) -> dict[str, torch.Tensor]:
         """Pad a batch of features to its own longest row; includes `labels` when the features carry them."""
 
+    def training_loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss one training step minimises on a collated batch: by default the model's own loss from its
+        labels (a task may compute it itself, e.g. with label smoothing)."""
+        return model(**batch).loss
+
     # ------------------------------------------------------------------ predictions and metrics
 
     @abstractmethod
@@ -187,6 +192,21 @@ class Task(ABC):
     @abstractmethod
     def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:
         """The graph to export."""
+
+    def export_graphs(self, model: Any, tokenizer: Any) -> dict[str, ExportSpec]:
+        """Every ONNX file to write, by file name. The first is model.onnx: the graph that takes the tokenizer's
+        inputs (serving.json's input_names); a task may add more (an encoder-decoder exports its decoder step too).
+        Default: the one graph of `export_spec`."""
+        return {"model.onnx": self.export_spec(model, tokenizer)}
+
+    def check_parity(
+        self, export_dir: Path, graphs: dict[str, ExportSpec], tokenizer: Any, frame: pd.DataFrame, cfg: Any
+    ) -> dict[str, Any] | None:
+        """The task's own ONNX-vs-PyTorch parity check on real rows of `frame` (its spec.parity_split, at most
+        export.parity_rows), run after serving.json is written: parity.json's fields (passed, max_abs_diff, atol,
+        rows, label_mismatches, batch_sizes, seq_lengths). None (the default): the generic check, model.onnx's
+        outputs against export_spec's module batch by batch on `parity_feeds`, decoded by `outputs_disagree`."""
+        return None
 
     @abstractmethod
     def serving_config(self, model: Any, tokenizer: Any, export_spec: ExportSpec) -> dict[str, Any]:

@@ -25,6 +25,7 @@ TASKS: dict[str, str] = {
     "text_classification": "pipelines.tasks.text_classification",
     "token_classification": "pipelines.tasks.token_classification",
     "question_answering": "pipelines.tasks.question_answering",
+    "seq2seq": "pipelines.tasks.seq2seq",
 }
 
 
@@ -37,6 +38,7 @@ class TaskSpec:
     formats: tuple[str, ...]  # data.format values its readers accept
     modules: tuple[str, ...]  # its source modules: code deps of the stages that call it
     runtime: str  # "module:Class" of its torch-free serving runtime
+    parity_split: str = "test"  # the clean split whose rows the export stage checks ONNX parity on
 
 
 def _module(name: str) -> Any:

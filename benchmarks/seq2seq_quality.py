@@ -1,0 +1,255 @@
+"""Question generation quality: BERT2BERT warm-started from the bundled MiniLM (encoder and decoder, cross-attention
+new), trained on ../shared/data/qg/train.jsonl and scored by generation on dev.jsonl (BLEU, chrF, ROUGE-1/2/L,
+gen_len) next to the copy-the-source floor on the same rows; then the ONNX export (two graphs), its parity check on
+validation sources, and generation speed: the ONNX Runtime loop against torch's `generate` (tokens/s, same
+settings, same sources).
+
+Uses the task's own pieces (clean with its split by source, tokenise, collate, training_loss, predict, score,
+export_graphs, check_parity, the runtime) with a plain AdamW loop (length-grouped batches, linear warm-up and
+decay, clipping), the best epoch by validation BLEU kept, and a time budget for CPU machines.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/seq2seq_quality.py --max-minutes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import ExportConfig, Params, TrainConfig
+from pipelines.pretrained import bundled_model_path
+from pipelines.tasks.catalog import get_task
+
+QG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qg"
+RESULTS = Path(__file__).resolve().parent / "results" / "seq2seq_quality.json"
+
+
+def tokens_per_second(run: Any, sources: list[str], batch_size: int) -> dict[str, float]:
+    """Generated tokens (EOS included, start token not) per wall second over `sources` in batches."""
+    started, tokens = time.perf_counter(), 0
+    for first in range(0, len(sources), batch_size):
+        tokens += run(sources[first : first + batch_size])
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", type=Path, default=QG, help="Folder with train.jsonl and dev.jsonl.")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="Stop training after this long.")
+    ap.add_argument("--max-source", type=int, default=128, help="Source tokens (tokenise.max_length).")
+    ap.add_argument("--max-target", type=int, default=40)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--beams", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--no-repeat", type=int, default=3)
+    ap.add_argument("--val-rows", type=int, default=64, help="Validation rows generated for after each epoch.")
+    ap.add_argument("--val-beams", type=int, default=1, help="Beam width of the per-epoch validation generation.")
+    ap.add_argument("--speed-rows", type=int, default=48, help="Dev sources timed for torch vs ONNX generation.")
+    ap.add_argument("--tie", action="store_true", help="Share the encoder's weights with the decoder.")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import torch
+
+    from pipelines import finetuning
+    from pipelines.export_onnx import export_model_to_onnx
+    from pipelines.serving import load_runtime
+    from pipelines.tasks.seq2seq.model import torch_generation_config
+    from pipelines.train import length_grouped_batches
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="seq2seq-quality-"))
+    params = Params.model_validate(
+        {
+            "project": {"artifacts_dir": str(work / "artifacts"), "state_dir": str(work / "state")},
+            "data": {"path": str(args.data_dir / "train.jsonl"), "test_path": str(args.data_dir / "dev.jsonl")},
+            "task": {
+                "type": "seq2seq",
+                "max_target_length": args.max_target,
+                "label_smoothing": args.label_smoothing,
+                "validation_generate_rows": args.val_rows,
+                "tie_encoder_decoder": args.tie,
+                "generate": {
+                    "num_beams": args.beams,
+                    "max_new_tokens": args.max_new_tokens,
+                    "no_repeat_ngram_size": args.no_repeat,
+                },
+            },
+            "clean": {"validation_size": 0.1, "test_size": 0.1},
+            "tokenise": {"max_length": args.max_source},
+        }
+    )
+    task = get_task(params)
+    summary = task.clean_data(work / "clean")  # validation cut from train by source; dev.jsonl is the test split
+    frames, rows = {}, {}
+    tokenizer = task.tokenizer()
+    for split in ("train", "validation", "test"):
+        frame = pd.read_parquet(work / "clean" / f"{split}.parquet")
+        frame.attrs["split"] = split
+        frames[split], rows[split] = frame, task.tokenise(tokenizer, frame, params.tokenise)
+    pad = int(tokenizer.pad_token_id or 0)
+    print(f"splits {summary['splits']}; tokens per source {np.mean(rows['train']['length']):.1f}", flush=True)
+
+    model = task.build_model(bundled_model_path(), {}, params.model)
+    train_cfg = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, warmup_ratio=args.warmup)
+    optimizer = finetuning.build_optimizer(model, train_cfg)
+    steps_per_epoch = (len(rows["train"]["input_ids"]) + args.batch_size - 1) // args.batch_size
+    # linear warm-up and decay to 0 over the steps that fit: all epochs, or (re-estimated from the first steps'
+    # speed) what the time budget allows, so a budget-cut run still ends at a low learning rate
+    plan = {"total": steps_per_epoch * args.epochs}
+
+    def schedule(step: int) -> float:
+        warm = max(1, int(args.warmup * plan["total"]))
+        return step / warm if step < warm else max(0.0, (plan["total"] - step) / max(1, plan["total"] - warm))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    greedy = task.options.generate.model_copy(update={"num_beams": args.val_beams})
+    validation_task = get_task(params.model_copy(update={"task": task.options.model_copy(update={"generate": greedy})}))
+    started, best, best_state, history, stop, step = time.perf_counter(), -1.0, None, [], False, 0
+    after_first = started
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        batches = length_grouped_batches(rows["train"]["length"], args.batch_size, 50, args.seed + epoch)
+        losses = []
+        for idx in batches:
+            batch = task.collate({k: [v[i] for i in idx] for k, v in rows["train"].items()}, pad)
+            loss = task.training_loss(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+            if step == 1:
+                after_first = time.perf_counter()  # the first step pays for allocations: not a speed sample
+            elif step % 20 == 10:  # re-plan from the speed so far
+                per_step = (time.perf_counter() - after_first) / (step - 1)
+                left = 60 * args.max_minutes - (time.perf_counter() - started)
+                plan["total"] = max(step + 1, min(steps_per_epoch * args.epochs, step + int(left / per_step)))
+                print(f"step {step}: {per_step:.1f} s/step, planning {plan['total']} steps", flush=True)
+            if time.perf_counter() - started > 60 * args.max_minutes or step >= plan["total"]:
+                stop = step < steps_per_epoch * args.epochs
+                break
+        train_seconds = time.perf_counter() - started
+        predictions = validation_task.predict(model, rows["validation"], frames["validation"], 32, pad)
+        scores = validation_task.score(predictions, frames["validation"], {})
+        record = {
+            "epoch": epoch,
+            "batches": len(losses),
+            "train_loss": round(float(np.mean(losses)), 4),
+            "val_loss": round(predictions.loss, 4),
+            "val_bleu": round(scores["bleu"], 4),
+            "val_rougeL": round(scores["rougeL"], 4),
+            "train_seconds": round(train_seconds, 1),
+        }
+        history.append(record)
+        print(json.dumps(record), flush=True)
+        if scores["bleu"] > best:
+            best, best_state = scores["bleu"], copy.deepcopy(model.state_dict())
+        started = time.perf_counter() - train_seconds  # validation time is not training time
+        if stop:
+            print(f"time budget reached in epoch {epoch} after {len(losses)} of {len(batches)} batches", flush=True)
+            break
+    train_seconds = history[-1]["train_seconds"]
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    evaluated = time.perf_counter()
+    predictions = task.predict(model, rows["test"], frames["test"], 32, pad)
+    test = task.score(predictions, frames["test"], {})
+    eval_seconds = time.perf_counter() - evaluated
+    examples = [
+        {"source": s, "target": t, "generated": g}
+        for s, t, g in list(zip(frames["test"]["source"], frames["test"]["target"], predictions.values, strict=True))[
+            :8
+        ]
+    ]
+    print(json.dumps({k: test[k] for k in task.spec.metrics}), flush=True)
+
+    # ONNX: the two graphs, parity on validation sources, then generation speed against torch
+    export_dir = work / "export"
+    model.eval()
+    graphs = task.export_graphs(model, tokenizer)
+    exported = time.perf_counter()
+    for name, graph in graphs.items():
+        export_model_to_onnx(graph, export_dir / name, 17)
+    export_seconds = time.perf_counter() - exported
+    tokenizer.save_pretrained(export_dir / "tokenizer")
+    serving = {**task.serving_config(model, tokenizer, graphs["model.onnx"]), "opset": 17}
+    (export_dir / "serving.json").write_text(json.dumps(serving, indent=2), encoding="utf-8")
+    parity = task.check_parity(export_dir, graphs, tokenizer, frames["validation"], ExportConfig(parity_rows=64))
+    runtime = load_runtime(export_dir)
+    settings = runtime.settings
+    config = torch_generation_config(settings)
+    sources = [str(s) for s in frames["test"]["source"][: args.speed_rows]]
+
+    def torch_run(part: list[str]) -> int:
+        feeds = runtime.encode(part)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=torch.from_numpy(feeds["input_ids"]),
+                attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                generation_config=config,
+            )
+        from pipelines.tasks.seq2seq.generation import trim
+
+        return sum(len(trim(seq, settings.eos_token_ids)) - 1 for seq in out.tolist())
+
+    def onnx_run(part: list[str]) -> int:
+        return sum(len(seq) - 1 for seq in runtime.generate_ids(part).sequences)
+
+    speed: dict[str, Any] = {}
+    for batch_size in (1, 16):
+        part = sources[: 16 if batch_size == 1 else len(sources)]
+        torch_run(part[:1]), onnx_run(part[:1])  # warm-up
+        speed[f"batch_{batch_size}"] = {
+            "sources": len(part),
+            "torch_generate": tokens_per_second(torch_run, part, batch_size),
+            "onnx_runtime": tokens_per_second(onnx_run, part, batch_size),
+        }
+    report = {
+        "data": {"train": str(args.data_dir / "train.jsonl"), "test": str(args.data_dir / "dev.jsonl")},
+        "splits": summary["splits"],
+        "model": "BERT2BERT warm-started from the bundled all-MiniLM-L6-v2" + (" (tied)" if args.tie else ""),
+        "generation": settings.to_dict(),
+        "lowercased_scoring": bool(test["lowercased"]),
+        "test_rows": test["rows"],
+        "test": {k: round(float(test[k]), 4) for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "gen_len")},
+        "copy_source_floor": {k: round(float(test[k]), 4) for k in ("copy_bleu", "copy_chrf", "copy_rougeL")},
+        "train_seconds": train_seconds,
+        "best_val_bleu": round(best, 4),
+        "history": history,
+        "test_eval_seconds": round(eval_seconds, 1),
+        "onnx_export_seconds": round(export_seconds, 1),
+        "parity": {k: parity[k] for k in ("passed", "rows", "label_mismatches", "max_abs_diff", "batch_sizes")},
+        "speed": speed,
+        "examples": examples,
+        "load_average": os.getloadavg(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("history", "examples")}, indent=2), flush=True)
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Sequence to sequence (translation, summarisation, question generation): text in, text out.
+
+Importing this package is cheap (pydantic only). The modules:
+
+- `readers`: CSV/TSV/JSONL/Parquet with `data.source_column` / `data.target_column` -> the canonical frame (source,
+  target, [slice], row), through the shared table reader (pipelines/data/load.py);
+- `validation`, `clean`: the validate and clean stages' task part (empty rows, length bounds, copy data,
+  duplicates by (source, target), a split that keeps every target of one source together);
+- `metrics`: sacreBLEU corpus BLEU and chrF, ROUGE-1/2/L (rouge-score, no NLTK data), generated length, and the
+  same scores for copying the source (the floor a model must beat); torch-free;
+- `generation`: greedy and beam search in numpy, step for step what transformers' `generate` does (no-repeat
+  n-grams, length penalty, forced BOS/EOS), over any "first step" / "next step" functions; torch-free;
+- `model`: the model (a local AutoModelForSeq2SeqLM folder, or BERT2BERT warm-started from an encoder such as the
+  bundled MiniLM), its special tokens and generation config, and the two ONNX graphs (encoder + first decoder
+  step; one decoder step with past key/values);
+- `task`: the Task implementation; `runtime`: the torch-free ONNX runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.schema import Section, TaskOptions
+from pipelines.tasks.catalog import TaskSpec
+
+
+class GenerateOptions(Section):
+    """How text is generated (evaluation, the early-stopping metric, the ONNX runtime: the same settings)."""
+
+    num_beams: int = Field(4, ge=1, le=16, description="Beam width; 1 = greedy.")
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="Most tokens generated per output (EOS included).")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="No n-gram of this size twice in one output; 0 = off.")
+    length_penalty: float = Field(
+        1.0, description="Beam search: a finished hypothesis scores sum(log p) / length**length_penalty."
+    )
+    early_stopping: bool = Field(
+        False, description="Beam search: stop as soon as num_beams hypotheses are finished (transformers' True)."
+    )
+
+
+class Options(TaskOptions):
+    type: Literal["seq2seq"] = Field("seq2seq", description="Sequence to sequence: text in, text out.")
+    prefix: str = Field("", description="Prepended to every source (T5-style task prefix, e.g. 'summarize: ').")
+    max_target_length: int = Field(
+        64, ge=2, le=1024, description="Target tokens trained on (EOS included); longer targets are cut."
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the training loss.")
+    primary_metric: Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"] = Field(
+        "bleu", description="The metric the gate and early stopping use unless gate.metric / train.* name another."
+    )
+    validation_generate_rows: int | None = Field(
+        200,
+        ge=1,
+        description="Validation rows (a seeded sample) generated for after each epoch's validation loss, for the "
+        "early-stopping metric; empty = all of them.",
+    )
+    tie_encoder_decoder: bool = Field(
+        False, description="BERT2BERT warm start: share the encoder's weights with the decoder (cross-attention new)."
+    )
+    max_copy_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Validation: largest share of rows whose target equals the source."
+    )
+    lowercase_metrics: bool | None = Field(
+        None,
+        description="Score lower-cased text (BLEU, chrF; ROUGE always is); empty = when the model's tokenizer "
+        "lower-cases (an uncased model cannot produce capitals).",
+    )
+    generate: GenerateOptions = Field(default_factory=GenerateOptions)
+
+
+SPEC = TaskSpec(
+    name="seq2seq",
+    metrics=("bleu", "chrf", "rouge1", "rouge2", "rougeL", "gen_len", "copy_bleu", "copy_chrf", "copy_rougeL"),
+    formats=("csv", "tsv", "jsonl", "parquet"),
+    modules=(
+        "pipelines.tasks.seq2seq",
+        "pipelines.tasks.seq2seq.readers",
+        "pipelines.tasks.seq2seq.validation",
+        "pipelines.tasks.seq2seq.clean",
+        "pipelines.tasks.seq2seq.metrics",
+        "pipelines.tasks.seq2seq.generation",
+        "pipelines.tasks.seq2seq.model",
+        "pipelines.tasks.seq2seq.task",
+        "pipelines.tasks.seq2seq.runtime",
+        "pipelines.data.load",
+        "pipelines.data.clean",
+        "pipelines.data.validate",
+    ),
+    runtime="pipelines.tasks.seq2seq.runtime:OnnxSeq2Seq",
+    parity_split="validation",
+)
+
+__all__ = ["SPEC", "OnnxSeq2Seq", "Options", "Task"]
+
+
+def __getattr__(name: str):  # PEP 562: the Task and runtime classes load their modules on first use
+    if name == "Task":
+        from pipelines.tasks.seq2seq.task import Seq2Seq
+
+        return Seq2Seq
+    if name == "OnnxSeq2Seq":
+        from pipelines.tasks.seq2seq.runtime import OnnxSeq2Seq
+
+        return OnnxSeq2Seq
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,459 @@
+"""Sequence to sequence: reading, validate/clean, target tokenisation, the metrics on hand-computed cases, the numpy
+generation loop against torch's `generate` (greedy and beam), the ONNX export with its parity check and the
+torch-free runtime, and tied BERT2BERT weights surviving save/load. A tiny random BERT (hidden 32, 2 layers) built
+here is warm-started into BERT2BERT; nothing is downloaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.errors import DataError, DataValidationError
+
+REPO = Path(__file__).resolve().parents[2]
+LETTERS = list("abcdefghijklmnopqrstuvwxyz")
+WORDS = ["answer", "context", "what", "is", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "?", ":"]
+
+
+def build_tiny_encoder(path: Path, init: float = 0.02, seed: int = 0) -> Path:
+    """A tiny random BERT encoder folder (a BERT2BERT warm start source) with a word-level tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *LETTERS]))
+    path.mkdir(parents=True, exist_ok=True)
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        initializer_range=init,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+def make_params(tmp_path: Path, data_path: Path | str = "-", **sections):
+    from pipelines.config import Params
+
+    task = {"type": "seq2seq", **sections.pop("task", {})}
+    return Params.model_validate(
+        {
+            "project": {"artifacts_dir": str(tmp_path / "artifacts"), "state_dir": str(tmp_path / ".nlpops")},
+            "data": {"path": str(data_path), **sections.pop("data", {})},
+            "task": task,
+            "validate": {"min_rows": 1, "expectations_dir": str(REPO / "expectations"), **sections.pop("validate", {})},
+            **sections,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # a wide initialisation: a random model whose outputs depend on its input (and sometimes end early)
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert-encoder"), init=0.2)
+
+
+@pytest.fixture(scope="module")
+def bert2bert(encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(task, model, tokenizer): a BERT2BERT warm-started from the tiny encoder, EOS made likelier so that some
+    outputs stop early."""
+    import torch
+
+    params = make_params(tmp_path_factory.mktemp("b2b"), model={"path": str(encoder_dir)})
+    from pipelines.tasks import get_task
+
+    task = get_task(params)
+    model = task.build_model(encoder_dir, {}, params.model).eval()
+    with torch.no_grad():
+        model.decoder.cls.predictions.bias[task.tokenizer().sep_token_id] += 3.0
+    return task, model, task.tokenizer()
+
+
+SOURCES = [
+    "answer: a cat context: the cat sat on the mat",
+    "answer: dog context: a dog ran",
+    "the mat",
+    "what is the cat on ? a mat",
+    "a b c d e f g",
+    "z y x",
+    "answer: mat context: the cat sat on a mat and the dog ran on the mat",
+]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_reader_maps_source_and_target_columns_and_names_missing_ones(tmp_path: Path) -> None:
+    from pipelines.tasks.seq2seq.readers import read_pairs
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("question,context_and_answer\nwhat?,answer: x context: y\n", encoding="utf-8")
+    params = make_params(tmp_path, csv, data={"source_column": "context_and_answer", "target_column": "question"})
+    frame = read_pairs(csv, params.data)
+    assert frame[["source", "target", "row"]].values.tolist() == [["answer: x context: y", "what?", 2]]
+    with pytest.raises(DataError, match=r"missing column 'target'.*data\.source_column / data\.target_column"):
+        read_pairs(csv, make_params(tmp_path, csv, data={"source_column": "question"}).data)
+    jsonl = write_jsonl(tmp_path / "pairs.jsonl", [{"source": "a", "tgt": "b"}])
+    with pytest.raises(DataError, match=r"pairs.jsonl: line 1: missing column 'target'"):
+        read_pairs(jsonl, make_params(tmp_path, jsonl).data)
+
+
+def _pairs(n: int, copy: int = 0) -> list[dict]:
+    rows = [{"source": f"answer: w{i} context: the cat number {i} sat", "target": f"what sat {i} ?"} for i in range(n)]
+    for i in range(copy):
+        rows[i]["target"] = rows[i]["source"]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (_pairs(10, copy=8), "8 of 10 rows (80.0%) have a target identical to their source (first: line 1)"),
+        ([*_pairs(5), {"source": "x", "target": "  "}], "column 'target': line 6: empty target"),
+        ([{"source": "", "target": "y"}, *_pairs(5)], "column 'source': line 1: empty source"),
+    ],
+    ids=["copy-data", "empty-target", "empty-source"],
+)
+def test_validation_refuses_copy_data_and_empty_rows_in_one_line(
+    tmp_path: Path, rows: list[dict], message: str
+) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    task = _task(make_params(tmp_path, path))
+    with pytest.raises(DataValidationError) as info:
+        task.validate_data(tmp_path / "report.json", tmp_path / "docs")
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"{path}: ") and message in text, text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "seq2seq" and report["success"] is False
+
+
+def _task(params):
+    from pipelines.tasks import get_task
+
+    return get_task(params)
+
+
+def test_clean_keeps_one_source_with_several_targets_together_and_drops_duplicate_pairs(tmp_path: Path) -> None:
+    rows = []
+    for i in range(30):
+        rows.append({"source": f"answer: a{i} context: sentence {i}", "target": f"question one {i} ?"})
+        rows.append({"source": f"answer: a{i} context: sentence {i}", "target": f"question two {i} ?"})
+    rows.append(dict(rows[0]))  # an exact duplicate pair
+    rows.append({"source": "   ", "target": "orphan"})  # quarantined
+    test_rows = [{"source": "ANSWER: a3   context: sentence 3", "target": "held out ?"}]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    test = write_jsonl(tmp_path / "test.jsonl", test_rows)
+    params = make_params(
+        tmp_path, path, data={"test_path": str(test)}, clean={"validation_size": 0.2, "max_quarantine_share": 0.5}
+    )
+    summary = _task(params).clean_data(tmp_path / "clean")
+    assert summary["dropped_duplicates"] == 1 and summary["quarantine_reasons"] == {"empty_source": 1}
+    assert summary["leakage_removed_from_train"] == 2  # both targets of the source the test file holds
+    splits = {s: pd.read_parquet(tmp_path / "clean" / f"{s}.parquet") for s in ("train", "validation", "test")}
+    assert set(splits["train"]["source"]).isdisjoint(splits["validation"]["source"])
+    assert all(n == 2 for n in splits["validation"]["source"].value_counts())  # both targets of a source together
+    assert len(splits["test"]) == 1 and list(splits["train"].columns) == ["source", "target", "row"]
+    again = _task(params).clean_data(tmp_path / "clean2")
+    assert again["sha256"] == summary["sha256"]  # deterministic
+
+
+# ------------------------------------------------------------------------------------------------ tokenisation
+
+
+def test_target_tokenisation_drops_the_start_token_ends_with_eos_and_is_cut(encoder_dir: Path, tmp_path: Path) -> None:
+    from pipelines.config import TokeniseConfig
+    from pipelines.tasks.seq2seq.task import target_ids
+
+    params = make_params(
+        tmp_path, model={"path": str(encoder_dir)}, task={"prefix": "answer: ", "max_target_length": 4}
+    )
+    task = _task(params)
+    tok = task.tokenizer()
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    frame = pd.DataFrame({"source": ["a cat", "the dog"], "target": ["what sat", "a b c d e f"], "row": [1, 2]})
+    frame.attrs["split"] = "test"
+    rows = task.tokenise(tok, frame, TokeniseConfig(max_length=16))
+    ids = tok.convert_tokens_to_ids
+    assert rows["input_ids"][0] == [cls, ids("answer"), ids(":"), ids("a"), ids("cat"), sep]  # the prefix first
+    assert rows["labels"][0] == [ids("what"), ids("sat"), sep]  # no [CLS]: the decoder is fed it
+    assert rows["labels"][1] == [ids("a"), ids("b"), ids("c"), sep]  # cut to max_target_length, EOS kept
+    assert rows["decoder_input_ids"][1] == [cls, ids("a"), ids("b"), ids("c")]  # labels shifted behind the start
+    assert rows["generate"] == [1, 1] and rows["length"] == [6, 6]
+    # a tokenizer whose targets do not start with the decoder start token keeps them whole; a missing EOS is added
+    assert target_ids(tok, ["what sat"], 8, start_id=tok.pad_token_id, eos_ids=(sep,)) == [
+        [cls, ids("what"), ids("sat"), sep]
+    ]
+    assert target_ids(tok, ["what sat"], 8, start_id=cls, eos_ids=(ids("?"),)) == [
+        [ids("what"), ids("sat"), sep, ids("?")]
+    ]
+    # validation: a seeded sample is generated for, train never
+    many = pd.DataFrame({"source": ["a"] * 10, "target": ["b"] * 10, "row": range(10)})
+    many.attrs["split"] = "validation"
+    sampled = _task(make_params(tmp_path, model={"path": str(encoder_dir)}, task={"validation_generate_rows": 3}))
+    assert sum(sampled.tokenise(tok, many, TokeniseConfig())["generate"]) == 3
+    many.attrs["split"] = "train"
+    assert sum(sampled.tokenise(tok, many, TokeniseConfig())["generate"]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_metrics_on_hand_computed_cases() -> None:
+    from pipelines.tasks.seq2seq.metrics import copy_scores, corpus_scores, generation_scores
+
+    # BLEU: p1 = 5/6, p2 = 3/5, p3 = 2/4, p4 = 1/3, same length (BP = 1): (5/6 * 3/5 * 1/2 * 1/3) ** (1/4)
+    scores = corpus_scores(["the cat sat on the mat"], ["the cat sat on a mat"])
+    assert scores["bleu"] == pytest.approx((5 / 6 * 3 / 5 * 1 / 2 * 1 / 3) ** 0.25, abs=1e-4)
+    # ROUGE: 'the cat sat' vs 'the cat ran': unigrams 2/3, bigrams 1/2, LCS 2 of 3
+    rouge = corpus_scores(["the cat sat"], ["the cat ran"])
+    assert rouge["rouge1"] == pytest.approx(2 / 3) and rouge["rouge2"] == pytest.approx(1 / 2)
+    assert rouge["rougeL"] == pytest.approx(2 / 3)
+    # ROUGE averages over examples; BLEU and chrF are corpus scores
+    two = corpus_scores(["the cat sat", "a dog"], ["the cat ran", "a dog"])
+    assert two["rouge1"] == pytest.approx((2 / 3 + 1) / 2)
+    same = corpus_scores(["What is the capital of France?"], ["What is the capital of France?"])
+    assert all(same[m] == pytest.approx(1.0) for m in ("bleu", "chrf", "rouge1", "rouge2", "rougeL"))
+    disjoint = corpus_scores(["xyz"], ["abc"])
+    assert all(disjoint[m] == pytest.approx(0.0) for m in ("bleu", "chrf", "rouge1", "rouge2", "rougeL"))
+    # an uncased model cannot produce capitals: lower-cased scoring does not punish it
+    cased = corpus_scores(["what is the capital of france ?"], ["What is the capital of France?"])
+    lower = corpus_scores(["what is the capital of france ?"], ["What is the capital of France?"], lowercase=True)
+    assert lower["bleu"] == pytest.approx(1.0) and cased["bleu"] < 0.7
+    assert lower["chrf"] == pytest.approx(1.0) and cased["chrf"] < 1.0
+    # the copy floor: the sources scored as predictions
+    floor = copy_scores(["the cat sat on the mat"], ["the cat sat on a mat"])
+    assert floor == {
+        f"copy_{k}": v
+        for k, v in corpus_scores(["the cat sat on the mat"], ["the cat sat on a mat"]).items()
+        if k in ("bleu", "chrf", "rougeL")
+    }
+    full = generation_scores(["a b", "c"], ["a b", "c"], ["x", "y"], [3, 2])
+    assert full["gen_len"] == 2.5 and full["rows"] == 2 and full["copy_bleu"] == pytest.approx(0.0)
+    assert corpus_scores([], [])["bleu"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def _torch_fns(model, ids, mask, decoder_start: int):
+    """first/step for generation.py backed by the torch graph modules (what the ONNX files are exported from)."""
+    import torch
+
+    from pipelines.tasks.seq2seq.model import decoder_step_module, encoder_hidden_size, first_step_module
+
+    first_module = first_step_module(model, decoder_start)
+    with torch.inference_mode():
+        out = first_module(torch.from_numpy(ids), torch.from_numpy(mask))
+    layers = (len(out) - 1) // 4
+    step_module = decoder_step_module(model, layers, encoder_hidden_size(model))
+
+    def first():
+        return (
+            out[0].numpy(),
+            [t.numpy() for t in out[1 : 1 + 2 * layers]],
+            [t.numpy() for t in out[1 + 2 * layers :]],
+        )
+
+    def step(tokens, encoder_mask, self_kv, cross_kv):
+        with torch.inference_mode():
+            result = step_module(
+                torch.from_numpy(np.asarray(tokens, dtype=np.int64))[:, None],
+                torch.from_numpy(encoder_mask),
+                *(torch.from_numpy(np.ascontiguousarray(t)) for t in self_kv),
+                *(torch.from_numpy(np.ascontiguousarray(t)) for t in cross_kv),
+            )
+        return result[0].numpy(), [t.numpy() for t in result[1:]]
+
+    return first, step
+
+
+SETTINGS = [
+    {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 0},
+    {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 2},
+    {"num_beams": 3, "max_new_tokens": 8, "no_repeat_ngram_size": 0, "length_penalty": 1.0},
+    {"num_beams": 4, "max_new_tokens": 7, "no_repeat_ngram_size": 2, "length_penalty": 0.6, "early_stopping": True},
+]
+
+
+@pytest.mark.parametrize("options", SETTINGS, ids=["greedy", "greedy-ngram", "beam3", "beam4-ngram-lp-early"])
+def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> None:
+    """The loop the ONNX runtime runs gives torch's token ids exactly, greedy and beam (float32 throughout)."""
+    import torch
+
+    from pipelines.tasks.seq2seq.generation import generate, trim
+    from pipelines.tasks.seq2seq.model import torch_generation_config
+
+    task, model, tok = bert2bert
+    settings = dataclasses.replace(task.settings_for(task.special_tokens()), **options)
+    enc = tok(SOURCES, padding="longest", return_tensors="np", return_token_type_ids=False)
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    with torch.inference_mode():
+        expected = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            generation_config=torch_generation_config(settings),
+        )
+    expected_ids = [trim(row, settings.eos_token_ids) for row in expected.tolist()]
+    first, step = _torch_fns(model, ids, mask, settings.decoder_start_token_id)
+    got = generate(first, step, mask, settings)
+    assert got.sequences == expected_ids
+    assert len({tuple(s) for s in got.sequences}) > 2, got.sequences  # the random model does depend on its input
+    if options["max_new_tokens"] >= 8:
+        assert any(len(s) < settings.max_length for s in got.sequences)  # some stop at EOS before the limit
+    if options["no_repeat_ngram_size"] == 2:
+        for seq in got.sequences:
+            bigrams = list(itertools.pairwise(seq))
+            assert len(bigrams) == len(set(bigrams))
+
+
+def test_generation_helpers() -> None:
+    from pipelines.tasks.seq2seq.generation import GenerationSettings, banned_ngram_tokens, process_scores, trim
+
+    assert (
+        trim([2, 5, 3, 0, 0], [3]) == [2, 5, 3]
+        and trim([2, 5, 6], [3]) == [2, 5, 6]
+        and trim([3, 4, 3], [3]) == [3, 4, 3]
+    )
+    seqs = np.asarray([[2, 5, 6, 5]])
+    assert banned_ngram_tokens(seqs, 2) == [(0, 6)]  # (5, 6) was seen: after 5, 6 is banned
+    s = GenerationSettings(2, (3,), 0, max_new_tokens=3, forced_bos_token_id=7, forced_eos_token_ids=(3,))
+    first = process_scores(np.asarray([[2]]), np.zeros((1, 10), dtype=np.float32), s)
+    assert first.argmax() == 7 and np.isinf(first).sum() == 9
+    last = process_scores(np.asarray([[2, 5, 6]]), np.zeros((1, 10), dtype=np.float32), s)
+    assert last.argmax() == 3 and np.isinf(last).sum() == 9
+    assert GenerationSettings.from_dict(s.to_dict()) == s
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+
+
+def test_onnx_export_parity_and_runtime_match_torch_greedy_and_beam(bert2bert, tmp_path: Path) -> None:
+    """Two graphs exported (dynamo), parity checked on real rows (token ids + first-step logits), and the
+    torch-free runtime generating torch's ids for greedy and beam search."""
+    import torch
+
+    from pipelines.config import ExportConfig
+    from pipelines.export_onnx import export_onnx
+    from pipelines.serving import load_runtime
+    from pipelines.tasks.seq2seq.generation import trim
+    from pipelines.tasks.seq2seq.model import torch_generation_config
+
+    _, model, tok = bert2bert
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    frame = pd.DataFrame({"source": SOURCES * 5, "target": ["x"] * 35, "row": range(35)})
+    frame.to_parquet(tmp_path / "validation.parquet")
+    generate = {"num_beams": 2, "max_new_tokens": 6}  # the export's own parity check runs beam search
+    task = _task(make_params(tmp_path, model={"path": str(model_dir)}, task={"generate": generate}))
+    result = export_onnx(
+        model_dir, tmp_path / "validation.parquet", tmp_path / "export", ExportConfig(latency_runs=2), task
+    )
+    assert result["passed"] and result["label_mismatches"] == 0 and result["rows"] == 35
+    assert result["batch_sizes"] == [1, 7, 27] and result["max_abs_diff"] < 1e-4
+    assert set(result["onnx_files"]) == {"model.onnx", "decoder.onnx"} and "latency_p95_ms" in result
+    serving = json.loads((tmp_path / "export" / "serving.json").read_text())
+    assert serving["task"] == "seq2seq" and serving["layers"] == 2 and serving["generation"]["num_beams"] == 2
+
+    runtime = load_runtime(tmp_path / "export")
+    trained = task.load_trained(model_dir)
+    base = runtime.settings
+    for options in ({"num_beams": 1, "no_repeat_ngram_size": 0}, {"num_beams": 3, "length_penalty": 0.8}):
+        settings = dataclasses.replace(base, max_new_tokens=9, **options)
+        feeds = runtime.encode(SOURCES)
+        with torch.inference_mode():
+            expected = trained.generate(
+                input_ids=torch.from_numpy(feeds["input_ids"]),
+                attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                generation_config=torch_generation_config(settings),
+            )
+        assert runtime.generate_ids(SOURCES, settings).sequences == [
+            trim(r, settings.eos_token_ids) for r in expected.tolist()
+        ]
+    results = runtime.predict(SOURCES[:2], batch_size=1)
+    assert set(results[0]) == {"generated_text", "tokens", "score", "latency_ms", "tokens_per_s"}
+    assert runtime.format_result(results[0]) == results[0]["generated_text"]
+    assert runtime.items_from_frame(pd.DataFrame({"source": ["a", "b"]})) == ["a", "b"]
+    with pytest.raises(ValueError, match="source text"):
+        runtime.predict([{"question": "x"}])
+    predictions = task.predictions_from_runtime(results, {})
+    assert predictions.values == [r["generated_text"] for r in results]
+
+
+def test_tied_encoder_decoder_weights_survive_save_and_load(encoder_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    params = make_params(tmp_path, model={"path": str(encoder_dir)}, task={"tie_encoder_decoder": True})
+    task = _task(params)
+    model = task.build_model(encoder_dir, {}, params.model).eval()
+    shared = model.encoder.encoder.layer[0].attention.self.query.weight
+    assert model.decoder.bert.encoder.layer[0].attention.self.query.weight is shared
+    assert model.decoder.cls.predictions.decoder.weight is model.encoder.embeddings.word_embeddings.weight
+    assert model.decoder.bert.encoder.layer[0].crossattention.self.query.weight is not shared  # new, not tied
+    untied = _task(make_params(tmp_path, model={"path": str(encoder_dir)})).build_model(encoder_dir, {}, params.model)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in untied.parameters())
+    model.save_pretrained(tmp_path / "tied")
+    loaded = task.load_trained(tmp_path / "tied")
+    assert (
+        loaded.decoder.bert.encoder.layer[0].attention.self.query.weight
+        is loaded.encoder.encoder.layer[0].attention.self.query.weight
+    )
+    ids = torch.tensor([[2, 7, 8, 3]])
+    with torch.inference_mode():
+        a = model(input_ids=ids, decoder_input_ids=ids).logits
+        b = loaded(input_ids=ids, decoder_input_ids=ids).logits
+    assert torch.allclose(a, b)
+
+
+def test_training_loss_with_label_smoothing_and_predict_on_a_sample(bert2bert, tmp_path: Path) -> None:
+    from pipelines.config import TokeniseConfig
+
+    base, model, tok = bert2bert
+    frame = pd.DataFrame({"source": SOURCES, "target": ["the cat"] * len(SOURCES), "row": range(len(SOURCES))})
+    frame.attrs["split"] = "validation"
+    task = _task(
+        base.params.model_copy(update={"task": base.options.model_copy(update={"validation_generate_rows": 3})})
+    )
+    rows = task.tokenise(tok, frame, TokeniseConfig(max_length=32))
+    batch = task.collate(rows, tok.pad_token_id)
+    assert set(batch) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels"}
+    plain = float(task.training_loss(model, batch))
+    task.options.label_smoothing = 0.1
+    smoothed = float(task.training_loss(model, batch))
+    task.options.label_smoothing = 0.0
+    assert math.isfinite(plain) and smoothed != pytest.approx(plain)
+    predictions = task.predict(model, rows, frame, 4, tok.pad_token_id)
+    assert sum(v is not None for v in predictions.values) == 3 and math.isfinite(predictions.loss)
+    scores = task.score(predictions, frame, {})
+    assert scores["rows"] == 3 and set(task.spec.metrics) <= set(scores)
+    slices, membership, _ = task.slices(predictions, frame, rows, {})
+    assert sum(s["rows"] for s in slices.values()) == 3 and membership["generated"]
+
+
+def test_package_import_is_torch_free() -> None:
+    code = (
+        "import sys; import pipelines.tasks.seq2seq, pipelines.tasks.seq2seq.runtime, "
+        "pipelines.tasks.seq2seq.generation, pipelines.tasks.seq2seq.metrics; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["False", "False"], done.stdout

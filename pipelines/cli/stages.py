@@ -187,9 +187,30 @@ def dag_command(
         echo(f"{name:<9} params {', '.join(spec.params)}; code {', '.join(spec.code_modules(params))}")
 
 
+def _train_command():
+    """`nlpops train` also takes --nproc N (train.processes: the loop under torchrun, pipelines/distributed.py)."""
+    stage_command = _stage_command("train")
+
+    def command(
+        params_file: str = ParamsOpt,
+        overrides: list[str] = SetOpt,
+        experiment: str | None = ExperimentOpt,
+        nproc: int | None = typer.Option(
+            None, "--nproc", min=1, help="Training processes on this host (torchrun + DDP); = --set train.processes=N."
+        ),
+        verbose: bool = VerboseOpt,
+    ) -> None:
+        extra = [f"train.processes={nproc}"] if nproc else []
+        stage_command(params_file, [*(overrides or []), *extra], experiment, verbose)
+
+    command.__doc__ = stage_command.__doc__
+    return command
+
+
 def add_commands(app: typer.Typer) -> None:
     for stage in STAGE_ORDER:
-        app.command(stage, help=STAGE_HELP.get(stage))(_stage_command(stage))
+        maker = _train_command if stage == "train" else lambda s=stage: _stage_command(s)
+        app.command(stage, help=STAGE_HELP.get(stage))(maker())
     app.command("run")(run_flow)
     app.command("predict")(predict)
     app.command("dag")(dag_command)

@@ -356,7 +356,11 @@ class TuneConfig(Section):
     startup_trials: int = Field(
         4, ge=0, description="Trials before TPE models the space and before the median pruner prunes."
     )
-    warmup_epochs: int = Field(1, ge=0, description="Median pruner: epochs a trial runs before it may be pruned.")
+    warmup_epochs: int = Field(
+        1,
+        ge=0,
+        description="Median pruner: epochs that never prune a trial (1 = pruned from epoch 2 on at the earliest).",
+    )
     storage: str | None = Field(
         None,
         description="Optuna storage URL shared by every worker: empty = sqlite:///<state_dir>/optuna.db (one host); "
@@ -392,7 +396,7 @@ class TuneConfig(Section):
     @field_validator("space")
     @classmethod
     def _keys_tunable(cls, space: dict[str, TuneParam]) -> dict[str, TuneParam]:
-        sections = {"train": TrainConfig, "model": ModelConfig}
+        sections: dict[str, type[Section]] = {"train": TrainConfig, "model": ModelConfig}
         for key, dim in space.items():
             section, _, name = key.partition(".")
             model = sections.get(section)

@@ -94,10 +94,19 @@ def tokenise_splits(
         for split in SPLITS:
             frame = pd.read_parquet(clean_dir / f"{split}.parquet")
             frame.attrs["split"] = split  # a task may treat train differently (QA down-samples answer-less windows)
-            with _TokenizerThreads():
-                columns = task.tokenise(tokenizer, frame, cfg)
-            _write_split(columns, staging / f"{split}.parquet", task.feature_types())
-            lengths = columns["length"]
+            from pipelines.sharded import tokenise_table
+
+            table = tokenise_table(task, tokenizer, frame, cfg, split)  # large inputs: on shards (Dask)
+            if table is not None:
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, staging / f"{split}.parquet")
+                lengths = table["length"].to_pylist()
+            else:
+                with _TokenizerThreads():
+                    columns = task.tokenise(tokenizer, frame, cfg)
+                _write_split(columns, staging / f"{split}.parquet", task.feature_types())
+                lengths = columns["length"]
             stats[split] = {
                 "rows": len(frame),
                 "features": len(lengths),

@@ -429,11 +429,11 @@ def train_model(
             if every and step % every == 0 and position + 1 < len(batches):
                 checkpoint(epoch, position + 1, (epoch_loss, seen))
         loss_sum, seen_sum = distributed.all_sum(epoch_loss, seen)
-        record = None
+        reported: dict[str, float] | None = None
         if distributed.is_main():  # rank 0 validates; every rank takes its record (same early-stopping decisions)
             predictions = task.predict(model, val_rows, val_frame, train_cfg.eval_batch_size, pad_token_id)
             scores = task.score(predictions, val_frame, id2label)
-            record = {
+            reported = {
                 "epoch": epoch,
                 "step": step,
                 "train_loss": loss_sum / max(seen_sum, 1),
@@ -442,7 +442,7 @@ def train_model(
                 "learning_rate": finetuning.scheduled_lr(optimizer, train_cfg.learning_rate),  # fine-tuning strategies
                 "epoch_seconds": time.perf_counter() - epoch_started,
             }
-        record = distributed.broadcast(record)
+        record = cast(dict[str, float], distributed.broadcast(reported))
         history.append(record)
         if on_epoch_end:
             on_epoch_end(epoch, record)

@@ -209,8 +209,8 @@ def _train_command():
 
 def add_commands(app: typer.Typer) -> None:
     for stage in STAGE_ORDER:
-        maker = _train_command if stage == "train" else lambda s=stage: _stage_command(s)
-        app.command(stage, help=STAGE_HELP.get(stage))(maker())
+        command = _train_command() if stage == "train" else _stage_command(stage)
+        app.command(stage, help=STAGE_HELP.get(stage))(command)
     app.command("run")(run_flow)
     app.command("predict")(predict)
     app.command("dag")(dag_command)

@@ -82,9 +82,25 @@ def close_clusters() -> None:
 def dask_address(orch: OrchestrationConfig, workers: int | None = None, omp_threads: int | None = None) -> str:
     """The scheduler to submit to: orchestration.dask_address, or this process's local cluster."""
     if orch.dask_address:
+        _reachable(orch.dask_address)
         return orch.dask_address
     cluster = local_cluster(workers or orch.dask_workers, orch.dask_threads_per_worker, omp_threads)
     return str(cluster.scheduler_address)
+
+
+def _reachable(address: str, timeout: float = 20.0) -> None:
+    """One line naming orchestration.dask_address when no scheduler answers there (instead of a deep traceback)."""
+    from distributed import Client
+
+    from pipelines.errors import ServiceError, first_line
+
+    try:
+        Client(address, timeout=timeout, set_as_default=False).close()
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ServiceError(
+            f"orchestration.dask_address={address}: no Dask scheduler answers ({first_line(exc, 200)}); start one "
+            "(`dask scheduler` + `dask worker ADDRESS`) or leave the setting empty for a local cluster"
+        ) from None
 
 
 def task_runner(orch: OrchestrationConfig, workers: int | None = None, omp_threads: int | None = None) -> Any:

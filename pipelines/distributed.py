@@ -209,6 +209,10 @@ def torchrun(processes: int, job: dict[str, Any], log_path: Path, threads: int) 
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, check=False
             )
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if "summary" not in result and "error" not in result:  # the first rank to fail stopped the others
+            for failed in sorted(Path(tmp).glob("result.json.rank*")):
+                result = json.loads(failed.read_text())
+                break
     if "error" in result:
         err = result["error"]
         kind = getattr(errors, str(err.get("type")), None)
@@ -388,7 +392,10 @@ def run_rank(ns: argparse.Namespace) -> int:
     except Exception as exc:
         outcome = {"error": {"type": type(exc).__name__, "message": str(exc)}}
         code = 1
-        if not is_main() or not result_file:
+        if not result_file:
+            raise
+        if not is_main():  # this rank may fail first (torchrun then stops rank 0): its error is the one to report
+            Path(f"{result_file}.rank{rank()}").write_text(json.dumps(outcome, default=str))
             raise
     main_rank = is_main()
     if main_rank and result_file:

@@ -33,7 +33,7 @@ def prefect_api_url() -> str:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the one Prefect's own client would start: one per process
-    server.start()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180))
     return server.api_url
 
 

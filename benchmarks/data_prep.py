@@ -7,8 +7,15 @@ used unless --tokenizer points at another local Hugging Face folder.
 
     .venv/bin/python benchmarks/data_prep.py                  # 10k, 100k, 1M
     .venv/bin/python benchmarks/data_prep.py --sizes 10000 100000
+    .venv/bin/python benchmarks/data_prep.py --dask-workers 2 # + the same on shards, a local 2-worker Dask cluster
 
 Target on a 2-core machine: 1M rows in <= 60 s in total, peak RSS <= 4 GB, time linear in rows.
+
+With --dask-workers N each size also runs sharded (orchestration.shard_rows, pipelines/sharded.py) on a local Dask
+cluster of N worker processes x 1 thread through Prefect's DaskTaskRunner, in its own process: the `dask` columns
+give its validate + clean + tokenise seconds, the one-off start-up (temporary Prefect server, the cluster's worker
+processes; paid once per run, timed apart like the imports) and whether its outputs (clean splits, quarantine,
+tokenised features, validation report) hash the same as the single-process ones.
 """
 
 from __future__ import annotations
@@ -46,10 +53,17 @@ def build_input(source: Path, rows: int, target: Path, seed: int = 0) -> Path:
     return target
 
 
-def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
-    """validate + clean + tokenise on one file (in this process); seconds per stage and peak RSS."""
+def run_one(
+    data: Path, work: Path, tokenizer: str | None, shard_rows: int | None = None, dask_workers: int = 2
+) -> dict[str, float]:
+    """validate + clean + tokenise on one file (in this process); seconds per stage and peak RSS. With shard_rows:
+    on shards, on a local Dask cluster of dask_workers processes."""
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # what the CLI sets; tokenise turns threads on itself
+    os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))  # as the CLI: Prefect's files with the run's state
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine: as the CLI
     from pipelines.config import Params
     from pipelines.pretrained import resolve_model_path
     from pipelines.tasks import get_task
@@ -61,6 +75,7 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
             "project": {"artifacts_dir": str(work / "artifacts"), "state_dir": str(work / "state")},
             "validate": {"expectations_dir": str(REPO / "expectations"), "max_duplicate_share": 0.5},
             "model": {"path": tokenizer},
+            "orchestration": {"shard_rows": shard_rows, "dask_workers": dask_workers, "dask_threads_per_worker": 1},
         }
     )
     timings: dict[str, float] = {}
@@ -71,6 +86,12 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
     import transformers  # noqa: F401
 
     timings["imports_s"] = time.perf_counter() - started
+    if shard_rows:  # fixed costs of the sharded path, paid once per run: the Prefect API, the cluster's processes
+        started = time.perf_counter()
+        from pipelines.cluster import dask_address
+
+        dask_address(params.orchestration)
+        timings["dask_startup_s"] = time.perf_counter() - started
     started = time.perf_counter()
     task = get_task(params)
     task.validate_data(work / "artifacts" / "validate" / "report.json", None)
@@ -93,7 +114,23 @@ def run_one(data: Path, work: Path, tokenizer: str | None) -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     timings["peak_rss_gb"] = usage.ru_maxrss / 1024**2
     timings["cpu_s"] = usage.ru_utime + usage.ru_stime  # all cores; compare with total_s (wall)
+    timings["outputs"] = _output_digest(work / "artifacts")  # type: ignore[assignment]
     return timings
+
+
+def _output_digest(artifacts: Path) -> str:
+    """One hash over every output that must not depend on sharding (paths written into summaries left out)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in ("clean", "tokenised"):
+        for path in sorted((artifacts / folder).iterdir()):
+            if path.is_file() and path.name != "summary.json":
+                digest.update(path.name.encode() + path.read_bytes())
+    report = json.loads((artifacts / "validate" / "report.json").read_text())
+    report.pop("data_docs", None)
+    digest.update(json.dumps(report, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def main() -> None:
@@ -105,38 +142,64 @@ def main() -> None:
         "--work-dir", type=Path, default=None, help="Where inputs and outputs go (default: a temp dir)."
     )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument(
+        "--dask-workers", type=int, default=0, help="Also run each size on shards on a local Dask cluster of N workers."
+    )
+    parser.add_argument("--shard-rows", type=int, default=None, help="Rows per shard (default: rows / (2 x workers)).")
     parser.add_argument("--one", nargs=2, metavar=("DATA", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # child process: one size
-        print(json.dumps(run_one(Path(args.one[0]), Path(args.one[1]), args.tokenizer)))
+        result = run_one(Path(args.one[0]), Path(args.one[1]), args.tokenizer, args.shard_rows, args.dask_workers or 2)
+        print(json.dumps(result))
         return
     if not args.source.is_file():
         sys.exit(f"{args.source}: not found (the SST-2 training file); pass --source")
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="nlpops-bench-"))
     results = []
+    dask = f"dask {args.dask_workers}w s"
     print(
         f"{'rows':>9} {'imports s':>9} {'validate s':>10} {'clean s':>8} {'tokenise s':>10} {'total s':>8} "
         f"{'+imports':>8} {'cpu s':>6} {'rows/s':>9} {'peak RSS':>9}"
+        + (f" {dask:>10} {'v/c/t s':>14} {'start s':>7} {'same':>5}" if args.dask_workers else "")
     )
-    for size in args.sizes:
-        work = root / f"n{size}"
+
+    def child(data: Path, work: Path, extra: list[str]) -> dict:
         work.mkdir(parents=True, exist_ok=True)
-        data = build_input(args.source, size, work / "input.tsv")
-        command = [sys.executable, __file__, "--one", str(data), str(work)]
+        command = [sys.executable, __file__, "--one", str(data), str(work), *extra]
         if args.tokenizer:
             command += ["--tokenizer", args.tokenizer]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            sys.exit(f"{size} rows failed:\n{done.stderr[-3000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+            sys.exit(f"{data}: failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    for size in args.sizes:
+        work = root / f"n{size}"
+        work.mkdir(parents=True, exist_ok=True)
+        data = build_input(args.source, size, work / "input.tsv")
+        r = child(data, work, [])
         r["rows"] = size
         r["rows_per_s"] = size / r["total_s"]
-        results.append(r)
-        print(
+        line = (
             f"{size:>9} {r['imports_s']:>9.1f} {r['validate_s']:>10.1f} {r['clean_s']:>8.1f} {r['tokenise_s']:>10.1f} "
             f"{r['total_s']:>8.1f} {r['total_s'] + r['imports_s']:>8.1f} {r['cpu_s']:>6.1f} {r['rows_per_s']:>9.0f} "
             f"{r['peak_rss_gb']:>7.2f}GB"
         )
+        if args.dask_workers:
+            shard_rows = args.shard_rows or max(1, -(-size // (2 * args.dask_workers)))
+            extra = ["--shard-rows", str(shard_rows), "--dask-workers", str(args.dask_workers)]
+            d = child(data, root / f"n{size}-dask", extra)
+            r["dask"] = {
+                **d,
+                "workers": args.dask_workers,
+                "shard_rows": shard_rows,
+                "same": d["outputs"] == r["outputs"],
+            }
+            stages = f"{d['validate_s']:.1f}/{d['clean_s']:.1f}/{d['tokenise_s']:.1f}"
+            same = "yes" if r["dask"]["same"] else "NO"
+            line += f" {d['total_s']:>10.1f} {stages:>14} {d['dask_startup_s']:>7.1f} {same:>5}"
+        results.append(r)
+        print(line)
     by_size = {r["rows"]: r for r in results}
     if 10_000 in by_size and 1_000_000 in by_size:
         ratio = by_size[1_000_000]["total_s"] / by_size[10_000]["total_s"]

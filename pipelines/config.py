@@ -205,6 +205,13 @@ class TrainConfig(Section):
         "little_data below little_data_rows training rows. Keys set in params.yaml or --set always win.",
     )
     little_data_rows: int = Field(1000, ge=1, description="recipe=auto picks little_data below this many rows.")
+    # --- distributed training (pipelines/distributed.py)
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Training processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on GPUs); batch_size "
+        "stays the global batch, split across them; num_threads is per process. 1 = this process.",
+    )
 
 
 class GateConfig(Section):
@@ -261,6 +268,8 @@ class RegisterConfig(Section):
 SECRET_SETTINGS: dict[str, str] = {
     "register.lock_url": "set NLPOPS_LOCK_URL instead, or keep register.lock_url password-less and put the password "
     "in PGPASSWORD or ~/.pgpass",
+    "tune.storage": "set NLPOPS_TUNE_STORAGE instead, or keep tune.storage password-less and put the password in "
+    "PGPASSWORD or ~/.pgpass",
 }
 
 
@@ -272,6 +281,160 @@ def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(section), dict):
             out[section].pop(key, None)
     return out
+
+
+# ---------------------------------------------------------------- scaling out: tune, orchestration
+
+# Keys a search space may not vary: they do not change the model, or they change what tokenise made once.
+UNTUNABLE = {
+    "model.path": "it changes the tokenizer, and a study tokenises once; run one study per model",
+    "train.processes": "trials train in one process each",
+    "train.resume": "trials never resume",
+    "train.checkpoint_every_steps": "trials write no checkpoints",
+    "train.num_threads": "it does not change the model",
+}
+
+
+class TuneParam(Section):
+    """One dimension of the search space."""
+
+    type: Literal["loguniform", "uniform", "int", "categorical"] = Field(
+        ..., description="loguniform / uniform floats in [low, high], int in [low, high] (step), categorical choices."
+    )
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0, description="int (or uniform) grid step; empty = 1 for int, continuous.")
+    choices: list[bool | int | float | str | None] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TuneParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical dimension takes 'choices', not low/high")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} dimension needs 'low' and 'high'")
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} dimension takes low/high, not 'choices'")
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} is above high={self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform dimension needs low > 0 (got {self.low})")
+        if self.type == "loguniform" and self.step is not None:
+            raise ValueError("a loguniform dimension takes no 'step'")
+        if self.type == "int" and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("an int dimension needs whole-number low, high and step")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values that show whether the key's own constraints accept the dimension (bounds and choices)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int":
+            return [int(self.low or 0), int(self.high or 0)]
+        return [self.low, self.high]
+
+
+class TuneConfig(Section):
+    """`nlpops tune`: an Optuna study over any train.* / model.* keys (pipelines/tune.py, flows/tune.py)."""
+
+    space: dict[str, TuneParam] = Field(
+        default_factory=dict,
+        description="Search space: 'train.<key>' or 'model.<key>' -> {type: loguniform|uniform|int|categorical, "
+        "low, high, step, choices}.",
+    )
+    trials: int = Field(20, ge=1, description="Trials in the study (all workers and processes together).")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Start no new trial after this many seconds (per process); empty = no limit."
+    )
+    metric: str | None = Field(
+        None, description="Validation metric to optimise; empty = the training's stopping metric; 'loss' minimises."
+    )
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="Stops unpromising trials from their per-epoch validation metric."
+    )
+    startup_trials: int = Field(
+        4, ge=0, description="Trials before TPE models the space and before the median pruner prunes."
+    )
+    warmup_epochs: int = Field(
+        1,
+        ge=0,
+        description="Median pruner: epochs that never prune a trial (1 = pruned from epoch 2 on at the earliest).",
+    )
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL shared by every worker: empty = sqlite:///<state_dir>/optuna.db (one host); "
+        "postgresql://user@host:5432/optuna for several hosts (NLPOPS_TUNE_STORAGE overrides; password in "
+        "PGPASSWORD or ~/.pgpass).",
+    )
+    study_name: str | None = Field(
+        None, description="Processes giving the same name (and storage) join one study; empty = <experiment>-tune."
+    )
+    workers: int = Field(
+        1, ge=1, description="Trials at a time: >1 maps them over a Dask cluster (orchestration.dask_address or local)."
+    )
+    seed: int | None = Field(None, description="Sampler seed (trial k of a sequential study gets seed + k).")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _dimensions_named(cls, space: Any) -> Any:
+        """A bad dimension's error names its key (tune.space.<key>: ...)."""
+        if not isinstance(space, dict):
+            return space
+        for key, dim in space.items():
+            if isinstance(dim, TuneParam):
+                continue
+            try:
+                TuneParam.model_validate(dim)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"tune.space.{key}{'.' + where if where else ''}: {msg}") from None
+        return space
+
+    @field_validator("space")
+    @classmethod
+    def _keys_tunable(cls, space: dict[str, TuneParam]) -> dict[str, TuneParam]:
+        sections: dict[str, type[Section]] = {"train": TrainConfig, "model": ModelConfig}
+        for key, dim in space.items():
+            section, _, name = key.partition(".")
+            model = sections.get(section)
+            if model is None or not name:
+                raise ValueError(f"tune.space: {key!r} is not a train.* or model.* key")
+            if name not in model.model_fields:
+                raise ValueError(f"tune.space: unknown key {key!r} (allowed: {', '.join(model.model_fields)})")
+            if key in UNTUNABLE:
+                raise ValueError(f"tune.space: {key} cannot be searched: {UNTUNABLE[key]}")
+            probe = model()
+            for value in dim.candidates():
+                try:
+                    setattr(probe, name, value)
+                except ValidationError as exc:
+                    reason = exc.errors()[0]["msg"]
+                    raise ValueError(f"tune.space: {key}={value!r} is not allowed ({reason})") from None
+        return space
+
+
+class OrchestrationConfig(Section):
+    """Where parallel work runs: Dask for sharded data preparation and `nlpops tune --workers`."""
+
+    dask_address: str | None = Field(
+        None,
+        description="Dask scheduler (tcp://host:8786) for sharded data preparation and tune workers; empty = a "
+        "local cluster of dask_workers processes started for the run.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
+    dask_threads_per_worker: int = Field(1, ge=1, description="Threads per worker process of the local cluster.")
+    shard_rows: int | None = Field(
+        None,
+        ge=1,
+        description="validate/clean/tokenise: inputs with more rows than this are cut into shards of this many rows "
+        "whose row-wise work runs in parallel on Dask (same outputs, same hashes); empty = one process.",
+    )
 
 
 class RunConfig(Section):
@@ -305,6 +468,8 @@ class Params(Section):
     export: ExportConfig = ExportConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     run: RunConfig = RunConfig()
+    tune: TuneConfig = TuneConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -331,6 +496,11 @@ class Params(Section):
             raise ValueError(
                 f"train.early_stopping_metric={stop!r} is not allowed for task {self.task.type} "
                 f"(allowed: {quoted}, 'loss')"
+            )
+        tuned = self.tune.metric
+        if tuned is not None and tuned != "loss" and tuned not in allowed:
+            raise ValueError(
+                f"tune.metric={tuned!r} is not allowed for task {self.task.type} (allowed: {quoted}, 'loss')"
             )
         return self
 
@@ -360,9 +530,11 @@ class Params(Section):
         return stable_hash({n: self.section(n) for n in names})
 
     def params_hash(self) -> str:
-        # Secret-bearing settings and how concurrent runs queue (the `run` section) say nothing about the model:
-        # changing them is no reason to retrain, and they are not part of a version's lineage.
-        return stable_hash({k: v for k, v in without_secrets(self.to_dict()).items() if k != "run"})
+        # Secret-bearing settings, how concurrent runs queue (`run`), the search space (`tune`) and where parallel
+        # work runs (`orchestration`) say nothing about the model: changing them is no reason to retrain, and they
+        # are not part of a version's lineage.
+        skip = ("run", "tune", "orchestration")
+        return stable_hash({k: v for k, v in without_secrets(self.to_dict()).items() if k not in skip})
 
 
 def _default_task() -> Any:

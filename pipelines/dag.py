@@ -75,7 +75,7 @@ STAGES: dict[str, StageSpec] = {
             ("data", "task", "validate"),
             lambda p, sp: [*raw_files(p), Path(p.validate_.expectations_dir)],
             lambda p, sp: [sp.validation_report, sp.data_docs],
-            ("pipelines.stages.data",),
+            ("pipelines.stages.data", "pipelines.sharded"),
             uses_task=True,
         ),
         StageSpec(
@@ -84,7 +84,7 @@ STAGES: dict[str, StageSpec] = {
             ("data", "task", "clean"),
             lambda p, sp: [*raw_files(p), sp.validation_report],
             lambda p, sp: [sp.clean_dir],
-            ("pipelines.stages.data",),
+            ("pipelines.stages.data", "pipelines.sharded"),
             uses_task=True,
         ),
         StageSpec(
@@ -93,7 +93,7 @@ STAGES: dict[str, StageSpec] = {
             ("task", "tokenise", "model"),
             lambda p, sp: [sp.clean_dir],
             lambda p, sp: [sp.tokenised_dir],
-            ("pipelines.stages.data", "pipelines.tokenise"),
+            ("pipelines.stages.data", "pipelines.tokenise", "pipelines.sharded"),
             uses_task=True,
         ),
         StageSpec(
@@ -105,6 +105,7 @@ STAGES: dict[str, StageSpec] = {
             (
                 "pipelines.stages.train",
                 "pipelines.train",
+                "pipelines.distributed",
                 "pipelines.pretrained",
                 "pipelines.finetuning",
                 "pipelines.provenance",

@@ -69,10 +69,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _split_stats(frame: Any, columns: dict[str, list], cfg: TokeniseConfig, path: Path, task: Task) -> dict[str, Any]:
-    """Write one tokenised split; its row, feature and token counts for the manifest."""
-    _write_split(columns, path, task.feature_types())
-    lengths = columns["length"]
+def _split_stats(frame: Any, lengths: list[int], cfg: TokeniseConfig) -> dict[str, Any]:
+    """One tokenised split's row, feature and token counts for the manifest."""
     return {
         "rows": len(frame),
         "features": len(lengths),
@@ -108,16 +106,24 @@ def tokenise_splits(
         import pyarrow.parquet as pq
 
         from pipelines import progress
+        from pipelines.sharded import tokenise_table
 
         rows = sum(pq.ParquetFile(clean_dir / f"{s}.parquet").metadata.num_rows for s in SPLITS)
         with progress.track("tokenised", total=rows, unit="rows", stage="tokenise") as tracker:
             for split in SPLITS:
                 frame = pd.read_parquet(clean_dir / f"{split}.parquet")
                 frame.attrs["split"] = split  # a task may treat train differently (QA down-samples windows)
-                with _TokenizerThreads():
-                    columns = task.tokenise(tokenizer, frame, cfg)
+                table = tokenise_table(task, tokenizer, frame, cfg, split)  # large inputs: on shards (Dask)
+                if table is not None:
+                    pq.write_table(table, staging / f"{split}.parquet")
+                    lengths = table["length"].to_pylist()
+                else:
+                    with _TokenizerThreads():
+                        columns = task.tokenise(tokenizer, frame, cfg)
+                    _write_split(columns, staging / f"{split}.parquet", task.feature_types())
+                    lengths = columns["length"]
                 tracker.advance(len(frame))
-                stats[split] = _split_stats(frame, columns, cfg, staging / f"{split}.parquet", task)
+                stats[split] = _split_stats(frame, lengths, cfg)
         manifest = {
             "cache_key": key,
             "max_length": cfg.max_length,

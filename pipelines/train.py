@@ -219,7 +219,7 @@ def training_state_key(
             "model_cfg": model_cfg.model_dump(mode="json"),
             "task": task.options.model_dump(mode="json"),
             "pad": pad_token_id,
-            "code": source_digest("pipelines.train", "pipelines.finetuning"),
+            "code": source_digest("pipelines.train", "pipelines.finetuning", "pipelines.distributed"),
         }
     )
 
@@ -322,6 +322,9 @@ def train_model(
     optimizer = finetuning.build_optimizer(model, train_cfg)
     unfreezer = finetuning.GradualUnfreezer(model) if train_cfg.gradual_unfreezing else None
     # ---
+    from pipelines import distributed  # under torchrun: DDP, sharded batches, rank 0 writes (no-ops otherwise)
+
+    distributed.seed_rank(train_cfg.seed)
     steps_per_epoch = math.ceil(len(train_rows["input_ids"]) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
     if train_cfg.max_steps:
@@ -358,6 +361,10 @@ def train_model(
             stale, step, elapsed_before = state["stale"], state["step"], state["elapsed"]
             start_epoch, start_batch, carried = state["epoch"], state["batch"], tuple(state["epoch_loss_seen"])
             _restore_rng(state["rng"])
+            own = distributed.own_state(state)  # distributed: this rank's RNG and partial epoch loss
+            if own is not None:
+                _restore_rng(own["rng"])
+                carried = tuple(own["epoch_loss_seen"])
             resumed_from = {"epoch": start_epoch, "batch": start_batch, "step": step}
             if on_epoch_end:
                 for record in history:  # the new tracking run gets the epochs the interrupted one finished
@@ -365,6 +372,9 @@ def train_model(
 
     def checkpoint(next_epoch: int, next_batch: int, loss_seen: tuple[float, int]) -> None:
         if ckpt_path is None:
+            return
+        ranks = distributed.gather({"rng": _rng_state(), "epoch_loss_seen": list(loss_seen)})
+        if not distributed.is_main():
             return
         save_training_state(
             ckpt_path,
@@ -383,6 +393,7 @@ def train_model(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
+                **({"ranks": ranks} if distributed.world_size() > 1 else {}),
             },
         )
 
@@ -391,6 +402,7 @@ def train_model(
         if train_cfg.max_steps and step >= train_cfg.max_steps:
             break
         model.train()
+        forward = distributed.wrap(model)  # each epoch: gradual unfreezing may have changed the trainable set
         if unfreezer is not None:  # fine-tuning strategies: trainable set is a function of the epoch alone
             logging.getLogger(__name__).info("epoch %s: %s", epoch, unfreezer.apply(epoch))
         seed = train_cfg.seed + epoch
@@ -404,42 +416,47 @@ def train_model(
         epoch_loss, seen = carried if epoch == start_epoch else (0.0, 0)
         epoch_started = time.perf_counter()
         for position in range(first, len(batches)):
-            idx = batches[position]
+            idx, weight, rows_here = distributed.shard(batches[position])  # this rank's share of the batch
             batch = task.collate(_take(train_rows, idx), pad_token_id)
-            loss = task.training_loss(model, batch)
-            loss.backward()
+            loss = task.training_loss(forward, batch)
+            (loss * weight if weight != 1.0 else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            epoch_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
+            epoch_loss += float(loss.detach()) * rows_here
+            seen += rows_here
             step += 1
-            progress.training_step(epoch, train_cfg.epochs, position + 1, len(batches), seen, epoch_loss / seen)
+            progress.training_step(epoch, train_cfg.epochs, position + 1, len(batches), seen, epoch_loss / max(seen, 1))
             if train_cfg.max_steps and step >= train_cfg.max_steps:
                 break
             if every and step % every == 0 and position + 1 < len(batches):
                 checkpoint(epoch, position + 1, (epoch_loss, seen))
-        predictions = task.predict(model, val_rows, val_frame, train_cfg.eval_batch_size, pad_token_id)
-        scores = task.score(predictions, val_frame, id2label)
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": epoch_loss / max(seen, 1),
-            "val_loss": predictions.loss,
-            **{f"val_{name}": float(scores[name]) for name in task.spec.metrics},
-            "learning_rate": finetuning.scheduled_lr(optimizer, train_cfg.learning_rate),  # fine-tuning strategies
-            "epoch_seconds": time.perf_counter() - epoch_started,
-        }
+        loss_sum, seen_sum = distributed.all_sum(epoch_loss, seen)
+        reported: dict[str, float] | None = None
+        if distributed.is_main():  # rank 0 validates; every rank takes its record (same early-stopping decisions)
+            predictions = task.predict(model, val_rows, val_frame, train_cfg.eval_batch_size, pad_token_id)
+            scores = task.score(predictions, val_frame, id2label)
+            reported = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": loss_sum / max(seen_sum, 1),
+                "val_loss": predictions.loss,
+                **{f"val_{name}": float(scores[name]) for name in task.spec.metrics},
+                "learning_rate": finetuning.scheduled_lr(optimizer, train_cfg.learning_rate),  # fine-tuning strategies
+                "epoch_seconds": time.perf_counter() - epoch_started,
+            }
+        record = cast(dict[str, float], distributed.broadcast(reported))
         history.append(record)
         if on_epoch_end:
             on_epoch_end(epoch, record)
         value = record["val_loss"] if metric == "loss" else record[f"val_{metric}"]
         if _is_better(metric, value, best):
             best, best_epoch, stale = value, epoch, 0
-            _save_checkpoint(
-                model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value, "training_state": key}
-            )
+            if distributed.is_main():
+                _save_checkpoint(
+                    model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value, "training_state": key}
+                )
         else:
             stale += 1
             if train_cfg.early_stopping_patience and stale >= train_cfg.early_stopping_patience:
@@ -450,7 +467,7 @@ def train_model(
         if epoch < train_cfg.epochs:
             checkpoint(epoch + 1, 0, (0.0, 0))
     logging.getLogger(__name__).info("best epoch %s (%s=%s)", best_epoch, metric, best)
-    if ckpt_path is not None:
+    if ckpt_path is not None and distributed.is_main():
         ckpt_path.unlink(missing_ok=True)  # finished: the best model is in out_dir
     return {
         "best_epoch": best_epoch,
@@ -471,4 +488,5 @@ def train_model(
         "recipe_applied": choice.applied,
         "learning_rates": finetuning.describe_groups(optimizer),
         "reinitialised": reinitialised,
+        "processes": distributed.world_size(),
     }

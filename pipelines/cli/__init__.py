@@ -1,8 +1,8 @@
 """`nlpops`: the whole flow, one command per stage (from the stage table), prediction, the registry, operations.
 
 Modules: options (shared options and set-up), stages (run, stage verbs, predict, data), registry (models,
-promote, rollback, lineage), ops (services, schedule, changes). Each adds its commands to the app here; none
-imports another command module.
+promote, rollback, lineage), ops (services, schedule, changes), tune (hyper-parameter search). Each adds its
+commands to the app here; none imports another command module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pipelines.cli import ops, registry, serve, stages
+from pipelines.cli import ops, registry, serve, stages, tune
 from pipelines.cli.options import state
 from pipelines.errors import NlpopsError
 
@@ -26,6 +26,7 @@ stages.add_commands(app)
 registry.add_commands(app)
 ops.add_commands(app)
 serve.add_commands(app)
+tune.add_commands(app)
 
 
 def main() -> None:

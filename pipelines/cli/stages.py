@@ -258,9 +258,32 @@ def params_command(
     echo(f"{params_file}: {changed} written in (`git checkout {params_file}` restores it)")
 
 
+def _train_command():
+    """`nlpops train` also takes --nproc N (train.processes: the loop under torchrun, pipelines/distributed.py)."""
+    stage_command = _stage_command("train")
+
+    def command(
+        params_file: str = ParamsOpt,
+        overrides: list[str] = SetOpt,
+        experiment: str | None = ExperimentOpt,
+        nproc: int | None = typer.Option(
+            None, "--nproc", min=1, help="Training processes on this host (torchrun + DDP); = --set train.processes=N."
+        ),
+        verbose: bool = VerboseOpt,
+        quiet: bool = QuietOpt,
+        log_format: str | None = LogFormatOpt,
+    ) -> None:
+        extra = [f"train.processes={nproc}"] if nproc else []
+        stage_command(params_file, [*(overrides or []), *extra], experiment, verbose, quiet, log_format)
+
+    command.__doc__ = stage_command.__doc__
+    return command
+
+
 def add_commands(app: typer.Typer) -> None:
     for stage in STAGE_ORDER:
-        app.command(stage, help=STAGE_HELP.get(stage))(_stage_command(stage))
+        command = _train_command() if stage == "train" else _stage_command(stage)
+        app.command(stage, help=STAGE_HELP.get(stage))(command)
     app.command("run")(run_flow)
     app.command("predict")(predict)
     app.command("dag")(dag_command)

@@ -300,7 +300,9 @@ def clean_data(params: Params, out_dir: Path) -> dict[str, Any]:
     for role, path in sources:
         if not path:
             continue
-        prepared = _prepare(read_table(path, data), text_cols, params)
+        from pipelines.sharded import frame_map  # row-wise: on shards (Dask) when the input is large
+
+        prepared = frame_map(params, _prepare, read_table(path, data), text_cols, params, what="clean")
         allowed: list[str] | None
         if data.labels:
             allowed, unknown_reason = list(data.labels), "unknown_label"

@@ -560,8 +560,10 @@ def validate_data(params: Params, report_path: Path, docs_dir: Path | None = Non
     main_labels = sorted(set(label_values(frames[0][2]["label"]).dropna()))
     file_reports: list[dict[str, Any]] = []
     docs: list[tuple[str, Any]] = []
+    from pipelines.sharded import frame_map  # row-wise: on shards (Dask) when the input is large
+
     for role, path, frame in frames:
-        batch = rows_batch(frame, text_cols)
+        batch = frame_map(params, rows_batch, frame, text_cols, what="validate", renumber=True)
         labels = batch["label"]
         if data.labels:
             label_set = list(data.labels)

@@ -11,6 +11,10 @@ from pipelines.stages.common import label_map, lineage_tags, log_data_quality, r
 
 
 def run_train(params: Params, run_id: str | None = None) -> dict[str, Any]:
+    from pipelines import distributed
+
+    if distributed.should_launch(params.train.processes):  # train.processes > 1: this stage on torchrun ranks
+        return distributed.launch_train_stage(params, run_id)
     import mlflow
     import pandas as pd
 

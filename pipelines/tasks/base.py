@@ -94,6 +94,11 @@ class Task(ABC):
     def tokenise(self, tokenizer: Any, frame: pd.DataFrame, cfg: TokeniseConfig) -> dict[str, list]:
         """Feature columns for one clean split; must include `example_id` and `length`."""
 
+    def tokenise_shardable(self, split: str) -> bool:
+        """True when a split's features depend on each example alone (its `example_id` = its row), so a large
+        split may be tokenised in shards (pipelines/sharded.py) with the same result; False keeps one piece."""
+        return False
+
     def feature_types(self) -> dict[str, Any]:
         """Arrow type per feature column; columns not named here are int64 scalars."""
         import pyarrow as pa

@@ -30,9 +30,11 @@ def test_help_lists_every_stage_and_verb() -> None:
         "models",
         "data",
         "serve",
+        "tune",
     ):
         assert command in done.stdout
-    assert "--set" in run("train", "--help").stdout
+    train_help = run("train", "--help").stdout
+    assert "--set" in train_help and "--nproc" in train_help
 
 
 def test_bad_setting_is_one_line_and_exit_2() -> None:

@@ -1,5 +1,6 @@
 """infra/ is validated, not just present: compose file against the Compose specification schema, the Kubernetes
-Job of the work-pool template against the Kubernetes schemas, prefect.yaml against the flow it deploys."""
+Job of the work-pool template and the multi-node torchrun Job against the Kubernetes schemas, prefect.yaml against
+the flow it deploys."""
 
 from __future__ import annotations
 
@@ -128,3 +129,33 @@ def test_prefect_yaml_deploys_the_retrain_flow_with_a_valid_schedule() -> None:
             validate_cron(schedule["cron"], schedule["timezone"])
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
         ConcurrencyLimitConfig.model_validate(deployment["concurrency_limit"])  # the names Prefect accepts
+
+
+def test_k8s_torchrun_job_is_valid_and_wires_the_rendezvous() -> None:
+    """infra/k8s/torchrun-job.yaml (multi-node distributed training): a headless Service and an Indexed Job, both
+    valid against the Kubernetes 1.37 schemas, whose pods find the rendezvous on pod 0 through the Service."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = list(yaml.safe_load_all((INFRA / "k8s" / "torchrun-job.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    service = next(d for d in docs if d["kind"] == "Service")
+    job = next(d for d in docs if d["kind"] == "Job")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
+        "job-name": job["metadata"]["name"]
+    }
+    assert spec["completionMode"] == "Indexed" and pod["subdomain"] == service["metadata"]["name"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert spec["completions"] == spec["parallelism"] == int(env["NNODES"])
+    script = container["args"][0]
+    endpoint = f"{job['metadata']['name']}-0.{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert f'--rdzv-endpoint="{endpoint}"' in script and "-m pipelines.distributed" in script
+    assert "train.processes=$((NNODES * NPROC_PER_NODE))" in script
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/shared" in mounts and "project.state_dir=/shared/state" in script  # checkpoints where every pod sees
+
+    broken = copy.deepcopy(job)
+    broken["spec"]["template"]["spec"]["subdomian"] = broken["spec"]["template"]["spec"].pop("subdomain")  # a typo
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.37.0", strict=True)

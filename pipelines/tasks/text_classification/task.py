@@ -85,6 +85,9 @@ class TextClassification(Task):
 
     # ------------------------------------------------------------------ model
 
+    def tokenise_shardable(self, split: str) -> bool:
+        return True  # one feature per row, from that row alone
+
     def auto_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification
 

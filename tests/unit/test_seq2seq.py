@@ -436,9 +436,9 @@ def test_training_loss_with_label_smoothing_and_predict_on_a_sample(bert2bert, t
     rows = task.tokenise(tok, frame, TokeniseConfig(max_length=32))
     batch = task.collate(rows, tok.pad_token_id)
     assert set(batch) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels"}
-    plain = float(task.training_loss(model, batch))
+    plain = float(task.training_loss(model, batch).detach())
     task.options.label_smoothing = 0.1
-    smoothed = float(task.training_loss(model, batch))
+    smoothed = float(task.training_loss(model, batch).detach())
     task.options.label_smoothing = 0.0
     assert math.isfinite(plain) and smoothed != pytest.approx(plain)
     predictions = task.predict(model, rows, frame, 4, tok.pad_token_id)

@@ -176,12 +176,11 @@ def main() -> None:
     predictions = task.predict(model, rows["test"], frames["test"], 32, pad)
     test = task.score(predictions, frames["test"], {})
     eval_seconds = time.perf_counter() - evaluated
-    examples = [
-        {"source": s, "target": t, "generated": g}
-        for s, t, g in list(zip(frames["test"]["source"], frames["test"]["target"], predictions.values, strict=True))[
-            :8
-        ]
-    ]
+    generated = [str(v) for v in predictions.values]
+    examples = {  # the first outputs and how varied they are (no source text: the data stays where it is)
+        "first_generated": generated[:8],
+        "distinct_outputs": len(set(generated)),
+    }
     print(json.dumps({k: test[k] for k in task.spec.metrics}), flush=True)
 
     # ONNX: the two graphs, parity on validation sources, then generation speed against torch

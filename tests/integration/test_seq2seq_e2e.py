@@ -140,7 +140,7 @@ def test_predict_prints_the_generated_text_and_json_adds_scores_and_timings(
 ) -> None:
     done = nlpops(project, "predict", "b d a c")
     assert done.returncode == 0, done.stderr
-    expected = " ".join(SUBSTITUTE[c] for c in "b d a c".split())
+    expected = " ".join(SUBSTITUTE[c] for c in ("b", "d", "a", "c"))
     assert done.stdout.strip() == expected, done.stdout
     # --json through the CLI entry point in this process (a second subprocess would cost ~10 s of imports)
     from pipelines.cli import main

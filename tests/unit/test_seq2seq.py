@@ -436,9 +436,9 @@ def test_training_loss_with_label_smoothing_and_predict_on_a_sample(bert2bert, t
     rows = task.tokenise(tok, frame, TokeniseConfig(max_length=32))
     batch = task.collate(rows, tok.pad_token_id)
     assert set(batch) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels"}
-    plain = float(task.training_loss(model, batch))
+    plain = float(task.training_loss(model, batch).detach())
     task.options.label_smoothing = 0.1
-    smoothed = float(task.training_loss(model, batch))
+    smoothed = float(task.training_loss(model, batch).detach())
     task.options.label_smoothing = 0.0
     assert math.isfinite(plain) and smoothed != pytest.approx(plain)
     predictions = task.predict(model, rows, frame, 4, tok.pad_token_id)
@@ -457,3 +457,104 @@ def test_package_import_is_torch_free() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.split() == ["False", "False"], done.stdout
+
+
+def build_tiny_seq2seq(path: Path, kind: str) -> Path:
+    """A tiny random BART (decoder starts at EOS, forced BOS/EOS) or T5 (starts at pad, relative attention)
+    folder with the word-level tokenizer: the AutoModelForSeq2SeqLM path."""
+    import torch
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        BertTokenizerFast,
+        GenerationConfig,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *LETTERS]))
+    path.mkdir(parents=True, exist_ok=True)
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
+    torch.manual_seed(0)
+    if kind == "bart":
+        config = BartConfig(
+            vocab_size=len(vocab),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=37,
+            decoder_ffn_dim=37,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            decoder_start_token_id=3,
+            init_std=0.2,
+        )
+        model = BartForConditionalGeneration(config)
+        generation = {"decoder_start_token_id": 3, "forced_bos_token_id": 2, "forced_eos_token_id": 3}
+    else:
+        config = T5Config(
+            vocab_size=len(vocab),
+            d_model=32,
+            d_kv=16,
+            d_ff=37,
+            num_layers=2,  # transformers sizes generate's cache by num_layers: keep the decoder as deep
+            num_decoder_layers=2,
+            num_heads=2,
+            pad_token_id=0,
+            eos_token_id=3,
+            decoder_start_token_id=0,
+            initializer_factor=2.0,
+        )
+        model = T5ForConditionalGeneration(config)
+        generation = {"decoder_start_token_id": 0}
+    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=3, bos_token_id=2, **generation)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bart", "t5"])
+def test_any_seq2seq_folder_exports_with_parity(tmp_path: Path, kind: str) -> None:
+    """A local AutoModelForSeq2SeqLM folder (not BERT2BERT) through build, export, parity and the runtime."""
+    import torch
+
+    from pipelines.config import ExportConfig
+    from pipelines.export_onnx import export_onnx
+    from pipelines.serving import load_runtime
+    from pipelines.tasks.seq2seq.generation import trim
+    from pipelines.tasks.seq2seq.model import torch_generation_config
+
+    folder = build_tiny_seq2seq(tmp_path / kind, kind)
+    task = _task(make_params(tmp_path, model={"path": str(folder)}, task={"generate": {"num_beams": 2}}))
+    special = task.special_tokens()
+    if kind == "bart":
+        assert (special.decoder_start_token_id, special.forced_bos_token_id) == (3, 2)
+    model = task.build_model(folder, {}, task.params.model).eval()
+    assert type(model).__name__ == ("BartForConditionalGeneration" if kind == "bart" else "T5ForConditionalGeneration")
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    task.tokenizer().save_pretrained(model_dir)
+    frame = pd.DataFrame({"source": SOURCES * 5, "target": ["x"] * 35, "row": range(35)})
+    frame.to_parquet(tmp_path / "validation.parquet")
+    result = export_onnx(
+        model_dir, tmp_path / "validation.parquet", tmp_path / "export", ExportConfig(latency_runs=0), task
+    )
+    assert result["passed"] and result["label_mismatches"] == 0, result
+    runtime = load_runtime(tmp_path / "export")
+    trained = task.load_trained(model_dir)
+    settings = dataclasses.replace(runtime.settings, num_beams=1, max_new_tokens=7)
+    feeds = runtime.encode(SOURCES)
+    with torch.inference_mode():
+        expected = trained.generate(
+            input_ids=torch.from_numpy(feeds["input_ids"]),
+            attention_mask=torch.from_numpy(feeds["attention_mask"]),
+            generation_config=torch_generation_config(settings),
+        )
+    got = runtime.generate_ids(SOURCES, settings).sequences
+    assert got == [trim(r, settings.eos_token_ids) for r in expected.tolist()]
+    if kind == "bart":
+        assert all(seq[:2] == [3, 2] and seq[-1] == 3 for seq in got)  # start at EOS, forced BOS, forced EOS

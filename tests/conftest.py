@@ -33,6 +33,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     earlier in-process tests exported (mlflow.set_*_uri and the CLI's set-up write them), the venv's bin first on
     PATH, offline Hugging Face; then `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    for name in ("NLPOPS_QUIET", "NLPOPS_LOG_FORMAT"):  # the CLI's output choice, exported by in-process CLI tests
+        env.pop(name, None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HUB_OFFLINE"] = "1"
     return {**env, **extra}
@@ -209,3 +211,12 @@ def tokenise_sentiment(
     task = get_task("text_classification")
     tokenise_splits(clean, model_dir, tmp_path / "tok", tmp_path / "cache", TokeniseConfig(), task)
     return tmp_path / "tok"
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_cli_output_choice():
+    """The CLI exports its --quiet / --log-format choice for its stage processes; a test that runs the CLI in this
+    process must not pass it on to the next test's subprocesses."""
+    yield
+    for name in ("NLPOPS_QUIET", "NLPOPS_LOG_FORMAT"):
+        os.environ.pop(name, None)

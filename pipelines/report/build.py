@@ -266,9 +266,18 @@ def evaluation_section(facts: RunFacts, params: Params, task: Task) -> Section:
     return section
 
 
+def gate_checks(gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gate's checks as dicts: evaluate writes a list of {name, passed, detail, values}; a registration that
+    reuses an existing version carries its tags' {name: passed} instead."""
+    checks = gate.get("checks") or []
+    if isinstance(checks, dict):
+        return [{"name": str(k), "passed": v, "detail": "as recorded on the version"} for k, v in checks.items()]
+    return [c if isinstance(c, dict) else {"name": str(c)} for c in checks]
+
+
 def _slice_checks(gate: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
-    for check in gate.get("checks") or []:
+    for check in gate_checks(gate):
         if str(check.get("name", "")).startswith("slice:"):
             out[check["name"].removeprefix("slice:")] = check
     return out
@@ -445,7 +454,7 @@ def gate_section(facts: RunFacts) -> Section:
     kind = "final decision (register)" if final else "preliminary decision (evaluate: parity and latency pending)"
     section.blocks.append(f"<p>{verdict} {esc(kind)}</p>")
     section.blocks.append(key_values(facts_rows))
-    rows = [[c.get("name"), badge(c.get("passed")), c.get("detail")] for c in gate.get("checks") or []]
+    rows = [[c.get("name"), badge(c.get("passed")), c.get("detail")] for c in gate_checks(gate)]
     rows += [[name, badge(None, unknown="pending"), "decided at register"] for name in gate.get("pending") or []]
     section.blocks.append(table(["check", "result", "detail"], rows, raw=(1,)))
     return section

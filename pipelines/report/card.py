@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipelines.report.build import gate_checks
 from pipelines.report.html import fmt
 
 if TYPE_CHECKING:
@@ -199,8 +200,8 @@ def render_card(facts: RunFacts, params: Params, task: Task) -> str:
     if sliced:
         checks = {
             c["name"].removeprefix("slice:"): c
-            for c in gate.get("checks") or []
-            if c.get("name", "").startswith("slice:")
+            for c in gate_checks(gate)
+            if str(c.get("name", "")).startswith("slice:")
         }
         rows = []
         for s, v in sliced.items():
@@ -214,7 +215,7 @@ def render_card(facts: RunFacts, params: Params, task: Task) -> str:
             f"Gate against the champion: **{verdict}**"
             + (f" ({gate.get('champion_basis')})" if gate.get("champion_basis") else ""),
         ]
-        out += [f"- {'✓' if c.get('passed') else '✗'} {c.get('detail')}" for c in gate.get("checks") or []]
+        out += [f"- {'✓' if c.get('passed') else '✗'} {c.get('detail')}" for c in gate_checks(gate)]
     if parity:
         out += [
             "",

@@ -361,8 +361,9 @@ def test_report_stage_logs_the_report_and_models_card_prints_the_card(tmp_path: 
     (project / "params.yaml").write_text(
         yaml.safe_dump({"data": {"path": "data.csv"}, "project": {"registered_model": "demo", "experiment": "t"}})
     )
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}):
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}):
         mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)  # an earlier test in this process may have pointed the registry elsewhere
         client = MlflowClient(uri, uri)
         experiment = client.create_experiment("t", artifact_location=(state / "mlartifacts").as_uri())
         run_id = client.create_run(experiment).info.run_id

@@ -186,6 +186,14 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# `python -m torch.distributed.run ARGS`, made to stop with this process: the death signal is asked for after exec, in
+# the new interpreter (a preexec_fn is unsafe in a process with threads, such as a Prefect task's).
+_TORCHRUN = (
+    "import runpy, sys; from pipelines.distributed import _die_with_parent; _die_with_parent(); "
+    "sys.argv[0] = 'torchrun'; runpy.run_module('torch.distributed.run', run_name='__main__', alter_sys=True)"
+)
+
+
 def torchrun(processes: int, job: dict[str, Any], log_path: Path, threads: int) -> dict[str, Any]:
     """Run `job` under torchrun with `processes` ranks on this host; returns rank 0's result.
 
@@ -198,16 +206,14 @@ def torchrun(processes: int, job: dict[str, Any], log_path: Path, threads: int) 
     with tempfile.TemporaryDirectory(prefix="nlpops-ddp-") as tmp:
         job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps({**job, "result": str(result_file)}, default=str))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+        command = [sys.executable, "-c", _TORCHRUN, "--standalone", "--nnodes=1"]
         command += [f"--nproc-per-node={processes}", "--max-restarts=0", "-m", "pipelines.distributed"]
         command += ["--job", str(job_file)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         repo = str(Path(__file__).resolve().parents[1])  # the ranks import this checkout's pipelines package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         with log_path.open("w") as log:
-            done = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, check=False
-            )
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         if "summary" not in result and "error" not in result:  # the first rank to fail stopped the others
             for failed in sorted(Path(tmp).glob("result.json.rank*")):

@@ -519,6 +519,23 @@ def _message(path: str, check: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------- the stage
 
 
+def read_task_suite(path: Path, build: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task's stored expectation suite at `path` (or `build()`, the built-in one, when the file is absent) and
+    where it came from. Shared by the task types that keep one suite file (token classification, QA, seq2seq)."""
+    from pipelines.schema import stable_hash
+
+    if not path.is_file():
+        spec = build()
+        return spec, {"source": "built-in", "path": None, "missing_file": str(path), "sha256": stable_hash(spec)}
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable expectation suite ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("expectations"), list):
+        raise ConfigError(f"{path}: an expectation suite needs a list under 'expectations'")
+    return spec, {"source": "file", "path": str(path), "sha256": file_digest(path)}
+
+
 def write_report_or_raise(report_path: Path, report: dict[str, Any], unit: str) -> None:
     """Write a task's validation report (JSON); when a check failed, raise DataValidationError naming the first
     failing file and check, how many more `unit`s (rows, sentences, questions) it caught and how many more checks

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import ConfigError
 from pipelines.tasks.seq2seq.readers import read_pairs
 
 SUITE = "seq2seq.rows.json"
@@ -82,20 +81,9 @@ def build_suite() -> dict[str, Any]:
 
 def load_suite(expectations_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored suite (or the built-in one when the file is absent) and where it came from."""
-    from pipelines.hashing import file_digest
-    from pipelines.schema import stable_hash
+    from pipelines.data.validate import read_task_suite
 
-    path = Path(expectations_dir) / SUITE
-    if not path.is_file():
-        spec = build_suite()
-        return spec, {"source": "built-in", "path": None, "missing_file": str(path), "sha256": stable_hash(spec)}
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable expectation suite ({exc})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("expectations"), list):
-        raise ConfigError(f"{path}: an expectation suite needs a list under 'expectations'")
-    return spec, {"source": "file", "path": str(path), "sha256": file_digest(path)}
+    return read_task_suite(Path(expectations_dir) / SUITE, build_suite)
 
 
 def same_text(a: Any, b: Any) -> bool:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -27,6 +28,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +66,22 @@ def objective_metric(params: Params) -> tuple[str, str]:
     return metric, "minimize" if metric == "loss" else "maximize"
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite storage file while its tables are made (nothing for server databases)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(url.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage with heartbeats (a killed trial is not left RUNNING forever)."""
     import optuna
@@ -82,14 +100,15 @@ def open_storage(url: str) -> Any:
 
     for attempt in range(3):
         try:
-            with warnings.catch_warnings():
+            # Two processes creating the tables of a new storage at once race on its schema (the alembic version
+            # row): on SQLite one file lock serialises the creation; elsewhere the loser retries and finds it made.
+            with _creation_lock(url), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
                 )
         except SQLAlchemyError as exc:
-            # Two processes creating the tables of a new storage at once: the loser finds them there on a retry.
-            if attempt < 2 and "already exists" in str(exc):
+            if attempt < 2 and any(m in str(exc) for m in ("already exists", "UNIQUE constraint", "duplicate key")):
                 time.sleep(1.0 + attempt)
                 continue
             error: Exception = exc

@@ -8,10 +8,8 @@ a run with other inputs has since overwritten.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -20,19 +18,21 @@ from prefect.states import Completed
 
 from pipelines import progress
 from pipelines.config import DEFAULT_PARAMS_FILE, Params, load_params
-from pipelines.dag import STAGE_ORDER, stage_fingerprint, stage_outputs_exist
+from pipelines.dag import STAGE_ORDER, stage_fingerprint
 from pipelines.dag import run_stage as run_stage_of_table
 from pipelines.errors import NlpopsError, ServiceError
-from pipelines.paths import StagePaths
 from pipelines.redact import install_log_redaction
+from pipelines.stage_cache import (
+    cache_reason,
+    fingerprint_extra,
+    keep_dvc_lock_in_step,
+    outputs_current,
+    syncs_dvc_lock,
+    write_stamp,
+)
 
 # Stages that talk to the MLflow server may meet a transient outage; data and training errors are not retried.
 RETRIES = {"register": 3, "evaluate": 2, "report": 2}
-
-
-def _stamp_path(params: Params, stage: str) -> Path:
-    """Per experiment (artifacts dir): running another experiment never evicts this one's cache."""
-    return StagePaths.from_params(params).stamps_dir / f"{stage}.json"
 
 
 def _cache_key(stage: str):
@@ -40,14 +40,6 @@ def _cache_key(stage: str):
         return f"nlpops-{stage}-{parameters['fingerprint']}"
 
     return key
-
-
-def outputs_current(params: Params, stage: str, fingerprint: str) -> bool:
-    """True when the outputs on disk were produced by a run with this exact fingerprint."""
-    stamp = _stamp_path(params, stage)
-    if not stage_outputs_exist(params, stage) or not stamp.is_file():
-        return False
-    return json.loads(stamp.read_text()).get("fingerprint") == fingerprint
 
 
 def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
@@ -62,9 +54,7 @@ def _make_stage_task(stage: str):
     def run_stage(params_data: dict[str, Any], fingerprint: str) -> dict[str, Any]:
         params = Params.model_validate(params_data)
         summary = run_stage_of_table(params, stage)
-        stamp = _stamp_path(params, stage)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+        write_stamp(params, stage, fingerprint, summary)
         return summary
 
     run_stage.__name__ = f"{stage}_stage"
@@ -118,10 +108,8 @@ def check_changes(params_data: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="dvc-lock", cache_policy=NO_CACHE)
-def sync_dvc_lock() -> str:
-    from pipelines.dvc_sync import commit_dvc_lock
-
-    return commit_dvc_lock()
+def sync_dvc_lock(params_data: dict[str, Any]) -> str:
+    return keep_dvc_lock_in_step(Params.model_validate(params_data))
 
 
 @flow(name="nlpops-retrain", log_prints=False, validate_parameters=False)
@@ -148,12 +136,6 @@ def retrain(
         if busy:
             return Completed(name="Skipped", message=busy, data={"skipped": True, "reason": busy})
         return _run_stages(params, params_file, overrides, sync_dvc, skip_if_unchanged, experiment)
-
-
-def _cache_reason(stage: str) -> str:
-    from pipelines.dag import STAGES
-
-    return f"params ({', '.join(STAGES[stage].params)}), inputs and code unchanged since its last run"
 
 
 def _after_failure(params: Params, stage: str, later: tuple[str, ...], exc: BaseException, began: float) -> None:
@@ -191,12 +173,10 @@ def _run_stages(
     states: dict[str, str] = {}
     results: dict[str, Any] = {}
     for position, stage in enumerate(STAGE_ORDER):
-        extra = None
+        champion = None
         if stage == "evaluate":
-            extra = {"champion": champion_version(params_data, results["train"]["run_id"])}
-        if stage in ("evaluate", "export"):  # they log onto the training run: a re-logged run means run them again
-            extra = {**(extra or {}), "train_run": results["train"]["run_id"]}
-        fingerprint = stage_fingerprint(params, stage, extra)
+            champion = champion_version(params_data, results["train"]["run_id"])
+        fingerprint = stage_fingerprint(params, stage, fingerprint_extra(stage, results, champion))
         stage_task = STAGE_TASKS[stage]
         if not outputs_current(params, stage, fingerprint):
             # Outputs missing or produced under other inputs: run, and store the result under this key.
@@ -205,7 +185,7 @@ def _run_stages(
         state = stage_task(params_data, fingerprint, return_state=True)
         states[stage] = state.name
         if state.name == "Cached":
-            progress.stage_cached(stage, f"{_cache_reason(stage)} (fingerprint {fingerprint[:12]})")
+            progress.stage_cached(stage, cache_reason(stage, fingerprint))
         try:
             results[stage] = state.result()  # re-raises the stage's own error
         except BaseException as exc:
@@ -215,7 +195,6 @@ def _run_stages(
             results["train"] = training_run_on_store(params_data)
     # The workspace now holds exactly what `dvc repro` would produce from params.yaml: record it in dvc.lock
     # so a following `dvc repro` has nothing to do. Not with --set overrides: those are not in params.yaml.
-    plain = not overrides and not experiment
-    if sync_dvc and plain and Path(params_file).resolve() == Path(DEFAULT_PARAMS_FILE).resolve():
-        results["dvc"] = sync_dvc_lock()
+    if syncs_dvc_lock(params_file, overrides, experiment, sync_dvc):
+        results["dvc"] = sync_dvc_lock(params_data)
     return {"states": states, "results": results}

@@ -62,8 +62,9 @@ def run_trials(params: Params, ctx: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _prepare_data(params: Params) -> dict[str, str]:
     """validate, clean, tokenise as `nlpops run` runs them (cached on their fingerprints, same stamps)."""
-    from flows.retrain import STAGE_TASKS, outputs_current
+    from flows.retrain import STAGE_TASKS
     from pipelines.dag import stage_fingerprint
+    from pipelines.stage_cache import outputs_current
 
     states = {}
     params_data = params.to_dict()

@@ -172,7 +172,7 @@ def _threads_per_process(processes: int, num_threads: int | None) -> int:
     return num_threads or max(1, (os.cpu_count() or 1) // processes)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """This process gets SIGTERM when its parent dies, even by SIGKILL (Linux): torchrun when the launching process
     goes, each rank when torchrun goes (torchrun starts the ranks in sessions of their own)."""
     parent = os.getppid()
@@ -189,7 +189,7 @@ def _die_with_parent() -> None:
 # `python -m torch.distributed.run ARGS`, made to stop with this process: the death signal is asked for after exec, in
 # the new interpreter (a preexec_fn is unsafe in a process with threads, such as a Prefect task's).
 _TORCHRUN = (
-    "import runpy, sys; from pipelines.distributed import _die_with_parent; _die_with_parent(); "
+    "import runpy, sys; from pipelines.distributed import die_with_parent; die_with_parent(); "
     "sys.argv[0] = 'torchrun'; runpy.run_module('torch.distributed.run', run_name='__main__', alter_sys=True)"
 )
 
@@ -375,7 +375,7 @@ def run_rank(ns: argparse.Namespace) -> int:
     """One rank: join the group, train (rank 0: the whole stage), report rank 0's result or error."""
     from pipelines.config import Params
 
-    _die_with_parent()
+    die_with_parent()
     job: dict[str, Any] = json.loads(Path(ns.job).read_text()) if ns.job else {"kind": "stage"}
     if job.get("cwd"):
         os.chdir(job["cwd"])  # params paths are relative to the project root

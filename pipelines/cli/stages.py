@@ -89,7 +89,7 @@ def run_flow(
     configure_progress(log_format, quiet)
     params = setup(params_file, overrides, verbose, experiment=experiment)
     started = time.perf_counter()
-    from flows.retrain import retrain
+    from pipelines import prefect_server
     from pipelines.run_lock import hold_run_lock
 
     # Taken before Prefect starts (the flow takes it again, re-entrantly): a waiting run holds no server.
@@ -98,9 +98,26 @@ def run_flow(
         if busy:
             result = {"skipped": True, "reason": busy}
         else:
-            result = retrain(  # type: ignore[assignment]
-                params_file=params_file, overrides=overrides or [], skip_if_unchanged=if_changed, experiment=experiment
-            )
+            from pipelines.tracking import configure_tracking
+
+            # Nothing to run (every stage's outputs current): the flow's result without starting Prefect.
+            current = None if if_changed else _current_run(params, params_file, overrides, experiment)
+            if current is not None:
+                result = current
+            else:
+                # The temporary Prefect server boots on the other core while this process imports Prefect and
+                # opens (on a first run: creates) the MLflow store, which the flow needs first.
+                prefect_server.start_early()
+                from flows.retrain import retrain
+
+                configure_tracking(params)
+                prefect_server.wait_ready()
+                result = retrain(  # type: ignore[assignment]
+                    params_file=params_file,
+                    overrides=overrides or [],
+                    skip_if_unchanged=if_changed,
+                    experiment=experiment,
+                )
     if result.get("skipped"):
         from pipelines import progress
 
@@ -110,6 +127,28 @@ def run_flow(
         echo(f"nlpops run skipped after {time.perf_counter() - started:.1f} s: {result['reason']}")
         return
     _print_run_report(params, result, time.perf_counter() - started, named=bool(experiment or overrides))
+
+
+def _current_run(
+    params: Params, params_file: str, overrides: list[str] | None, experiment: str | None
+) -> dict[str, Any] | None:
+    """Every stage current (pipelines.stage_cache.up_to_date): say so per stage, keep dvc.lock in step; else None."""
+    from pipelines import progress
+    from pipelines.paths import StagePaths
+    from pipelines.stage_cache import cache_reason, keep_dvc_lock_in_step, syncs_dvc_lock, up_to_date
+    from pipelines.tracking import configure_tracking
+
+    if not any(StagePaths.from_params(params).stamps_dir.glob("*.json")):
+        return None  # a first run: no need to look
+    configure_tracking(params)
+    current = up_to_date(params)
+    if current is None:
+        return None
+    for stage, fingerprint in current.pop("fingerprints").items():
+        progress.stage_cached(stage, cache_reason(stage, fingerprint))
+    if syncs_dvc_lock(params_file, overrides, experiment):
+        current["results"]["dvc"] = keep_dvc_lock_in_step(params)
+    return current
 
 
 def _print_run_report(params: Params, result: dict[str, Any], seconds: float, named: bool = False) -> None:

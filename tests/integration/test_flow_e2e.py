@@ -185,9 +185,14 @@ def test_another_experiment_leaves_the_first_cached_and_every_command_reaches_bo
     other = nlpops(project, "run", "-e", "other")
     assert other.returncode == 0, other.stderr
     assert "registry  e2e-other v1" in other.stdout, other.stdout
+    server_log = project / ".nlpops" / "prefect" / "server.log"
+    server_started = server_log.stat().st_mtime_ns
     done = nlpops(project, "run")
     assert done.returncode == 0, done.stderr
     assert "cached stages: validate, clean, tokenise, train, evaluate, export, register, report" in done.stdout
+    # nothing to run: answered from the stage stamps without starting Prefect, and dvc.lock left as it is
+    assert server_log.stat().st_mtime_ns == server_started
+    assert "dvc.lock already up to date" in done.stdout, done.stdout
     assert len(_versions(project)) == before
     listed = nlpops(project, "models", "list", "--all")
     assert listed.returncode == 0, listed.stderr

@@ -1,0 +1,122 @@
+"""The temporary local Prefect server of a run without PREFECT_API_URL, started early and in parallel.
+
+Prefect's own ephemeral mode starts the same server (uvicorn on `prefect.server.api.server:create_app`, UI off) from
+inside its client on the first API call: the calling process first imports the whole server application (FastAPI,
+its models, ~40% of a cached rerun) only to launch a subprocess, then sleeps until the server answers. Here the
+subprocess is launched before this process imports Prefect, and PREFECT_API_URL points the client at it, so the
+server boots on one core while this process imports Prefect, MLflow and the stages' libraries on the other. The
+server dies with this process (at exit, and by the parent-death signal when this process is killed) and writes its
+output to `<PREFECT_HOME>/server.log`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipelines.errors import ServiceError
+
+_SERVER = (
+    "import runpy, sys; from pipelines.distributed import die_with_parent; die_with_parent(); "
+    "sys.argv[0] = 'uvicorn'; runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)"
+)
+_server: TemporaryServer | None = None
+
+
+class TemporaryServer:
+    """One uvicorn process serving Prefect's API on a free local port."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.log_path = home / "server.log"
+        home.mkdir(parents=True, exist_ok=True)
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServiceError("prefect is not installed: run `make install`")
+        app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        command = [sys.executable, "-c", _SERVER, "--app-dir", app_dir, "--factory"]
+        command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "error", "--lifespan", "on"]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        repo = str(Path(__file__).resolve().parents[1])  # the bootstrap imports this checkout's pipelines package
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.ready = False
+        atexit.register(self.stop)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the API answers /health; ServiceError naming the log if it exits or does not answer."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            if self.process.poll() is not None:
+                raise ServiceError(
+                    f"the temporary Prefect server exited with code {self.process.returncode} before answering "
+                    f"(its output: {self.log_path}{_tail(self.log_path)})"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    self.ready = response.status == 200
+            except (urllib.error.URLError, OSError):
+                pass
+            if not self.ready:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceError(
+                        f"the temporary Prefect server did not answer within {timeout_s:.0f} s "
+                        f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; its output: {self.log_path})"
+                    )
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, chars: int = 600) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f": ...{text[-chars:]}" if text else ""
+
+
+def start_early() -> TemporaryServer | None:
+    """Launch the temporary server when this process will need one (no PREFECT_API_URL; Prefect not yet imported,
+    else its settings already hold no URL and its own ephemeral mode takes over); returns it, or None."""
+    global _server
+    if _server is not None:
+        return _server
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    _server = TemporaryServer(home)
+    os.environ["PREFECT_API_URL"] = _server.api_url
+    return _server
+
+
+def wait_ready() -> None:
+    """Wait for the server start_early launched (nothing when none was)."""
+    if _server is not None:
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180)
+        _server.wait_ready(timeout)

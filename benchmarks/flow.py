@@ -96,7 +96,7 @@ def run_flow(project: Path, overrides: list[str]) -> dict[str, Any]:
         kind = event.get("event")
         if kind in ("stage_started", "stage_cached") and first_start is None:
             first_start = _ts(event)
-        elif kind == "stage_finished":
+        if kind == "stage_finished":
             stages[event["stage"]] = float(event.get("seconds") or 0.0)
         elif kind == "stage_cached":
             cached.append(event["stage"])

@@ -240,6 +240,23 @@ class ExportConfig(Section):
     latency_runs: int = Field(
         50, ge=0, description="Single-row ONNX runs timed for the p95 latency the gate checks; 0 = not measured."
     )
+    optimise: bool = Field(
+        True,
+        description="Fuse transformer ops in the served graph (Attention, SkipLayerNormalization, BiasGelu: "
+        "onnxscript's ONNX Runtime fusions); parity against PyTorch is checked on the fused graph.",
+    )
+    quantise: Literal["auto", "int8", "none"] = Field(
+        "auto",
+        description="Dynamic INT8 weights for the served graph. auto: served when it passes the INT8 gate "
+        "(int8_max_drop against fp32), else fp32; int8: the export fails when the gate does; none: fp32. "
+        "Tasks that generate text keep fp32.",
+    )
+    int8_max_drop: float = Field(
+        0.5, ge=0.0, description="INT8 gate: largest drop of the gate metric vs fp32, in points (0-100 scale)."
+    )
+    int8_gate_rows: int = Field(
+        1000, ge=1, description="Rows of the parity split (test) both graphs are scored on for the INT8 gate."
+    )
 
 
 class RegisterConfig(Section):

@@ -138,6 +138,7 @@ STAGES: dict[str, StageSpec] = {
             (
                 "pipelines.stages.export",
                 "pipelines.export_onnx",
+                "pipelines.onnx_optimise",
                 "pipelines.serving",
                 "pipelines.pretrained",
                 "pipelines.provenance",
@@ -182,6 +183,7 @@ STAGES: dict[str, StageSpec] = {
                 "pipelines.report.build",
                 "pipelines.report.card",
                 "pipelines.report.html",
+                "pipelines.onnx_optimise",
                 "pipelines.stages.common",
                 "pipelines.registry",
             ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def parity_batch_sizes(rows: int) -> list[int]:
     return sizes
 
 
+def needs_external_data(spec: ExportSpec) -> bool:
+    """True when the weights are too large for one .onnx file (they go to a .data file next to it)."""
+    return sum(p.numel() * p.element_size() for p in spec.module.parameters()) > EXTERNAL_DATA_BYTES
+
+
 def export_model_to_onnx(spec: ExportSpec, onnx_path: Path, opset: int) -> list[str]:
     """Write onnx_path from the task's export spec (dynamic axes as it declares); returns the input names."""
     import torch
@@ -84,7 +90,7 @@ def export_model_to_onnx(spec: ExportSpec, onnx_path: Path, opset: int) -> list[
         {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in spec.dynamic_axes[name].items()}
         for name in spec.input_names
     )
-    external = sum(p.numel() * p.element_size() for p in spec.module.parameters()) > EXTERNAL_DATA_BYTES
+    external = needs_external_data(spec)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     with _captured() as log, torch.no_grad():
         try:
@@ -113,12 +119,18 @@ def export_model_to_onnx(spec: ExportSpec, onnx_path: Path, opset: int) -> list[
 
 
 def onnx_parity(
-    onnx_path: Path, spec: ExportSpec, task: Task, feeds_list: list[dict[str, Any]], atol: float
+    onnx_path: Path,
+    spec: ExportSpec,
+    task: Task,
+    feeds_list: list[dict[str, Any]],
+    atol: float,
+    session: Any = None,
 ) -> dict[str, Any]:
     """Compare onnxruntime (CPU) and PyTorch outputs batch by batch on real test inputs.
 
     passed = max abs diff <= atol on every output and the task decodes identical results (labels, tag sequences,
     answers...). Returns passed, max_abs_diff, atol, rows, label_mismatches, batch_sizes and seq_lengths.
+    `session`: an ORT session already open on onnx_path (the export stage goes on serving from it).
     """
     import numpy as np
     import torch
@@ -126,7 +138,7 @@ def onnx_parity(
     from pipelines import progress
     from pipelines.serving import ort_session
 
-    session = ort_session(onnx_path)
+    session = session or ort_session(onnx_path)
     model = spec.module
     max_diff, mismatches, seq_lengths, sizes = 0.0, 0, [], []
     total = sum(int(f[spec.input_names[0]].shape[0]) for f in feeds_list)
@@ -188,14 +200,120 @@ def onnx_latency(runtime: Any, items: list[Any], runs: int) -> dict[str, Any]:
     }
 
 
+def optimise_graph(onnx_path: Path, cfg: ExportConfig, task: Task, external: bool) -> dict[str, Any]:
+    """Fuse the transformer ops of onnx_path in place when export.optimise and the task allow it (a failed fusion
+    keeps the plain export, with the reason). Returns parity.json's `graph` record: optimised, fused_ops (the
+    com.microsoft operators, as onnxruntime's get_fused_operator_statistics counts them), precision, note."""
+    from pipelines import progress
+    from pipelines.onnx_optimise import fuse_transformer_ops
+
+    record: dict[str, Any] = {"optimised": False, "fused_ops": {}, "precision": "fp32"}
+    if not (cfg.optimise and task.onnx_fusion):
+        record["note"] = "export.optimise is off" if not cfg.optimise else f"{task.name} graphs are served as exported"
+        return record
+    if external:
+        record["note"] = "not fused: the weights are in an external data file"
+        return record
+    progress.message("fusing transformer ops (Attention, SkipLayerNormalization, BiasGelu)", stage="export")
+    fused = onnx_path.with_name(f".fused-{onnx_path.name}")
+    try:
+        with _captured():
+            counts = fuse_transformer_ops(onnx_path, fused)
+    except Exception as exc:  # a rewriter failure costs speed, not the export
+        fused.unlink(missing_ok=True)
+        record["note"] = f"fusion failed, the plain export is served ({type(exc).__name__}: {exc})"[:500]
+        return record
+    os.replace(fused, onnx_path)
+    record.update(optimised=True, fused_ops=counts)
+    return record
+
+
+def int8_gate(
+    task: Task, fp32: Any, int8: Any, frame: Any, cfg: ExportConfig, id2label: dict[int, str]
+) -> dict[str, Any]:
+    """Score the fp32 and the INT8 runtime on the first export.int8_gate_rows rows of the parity split with the
+    task's own `score` (the gate metric) and compare: parity.json's `int8` record (pipelines/onnx_optimise.py
+    int8_figures). Agreement: the share of examples whose decoded result is identical."""
+    from pipelines import progress
+    from pipelines.onnx_optimise import int8_figures
+
+    rows = frame.head(cfg.int8_gate_rows)
+    items = task.runtime_inputs(rows)
+    metric = task.params.gate_metric
+    progress.message(f"INT8 gate: {metric} of fp32 and INT8 on {len(items)} rows", stage="export")
+    base = task.predictions_from_runtime(fp32.predict(items), id2label)
+    other = task.predictions_from_runtime(int8.predict(items), id2label)
+    if base is None or other is None:
+        return {"metric": metric, "rows": len(items), "passed": False, "note": "runtime outputs cannot be scored"}
+    scores = [float(task.score(p, rows, id2label)[metric]) for p in (base, other)]
+    same = [_same(a, b) for a, b in zip(base.values, other.values, strict=True)]
+    agreement = sum(same) / len(same) if same else 1.0
+    return int8_figures(metric, scores[0], scores[1], agreement, len(items), cfg.int8_max_drop)
+
+
+def _same(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
+
+
+def serve_int8_if_it_passes(
+    out_dir: Path, runtime: Any, task: Task, frame: Any, cfg: ExportConfig, id2label: dict[int, str], why_not: str
+) -> tuple[Any, dict[str, Any]]:
+    """(the runtime to serve, parity.json's `int8` record). Quantises model.onnx (fused, fp32) to INT8 and runs
+    the INT8 gate; when it passes, the INT8 graph replaces model.onnx. `why_not`: a reason to keep fp32 without
+    trying (empty: try)."""
+    from pipelines import progress
+    from pipelines.onnx_optimise import quantise_int8
+    from pipelines.serving import load_runtime, ort_session
+
+    if why_not:
+        return runtime, {"served": False, "note": why_not}
+    onnx_path = out_dir / "model.onnx"
+    candidate = out_dir / ".int8-model.onnx"
+    progress.message("quantising to INT8 (dynamic, per-channel weights)", stage="export")
+    try:
+        try:
+            quantise_int8(onnx_path, candidate)
+            int8 = load_runtime(out_dir, session=ort_session(candidate))
+        except Exception as exc:  # an op the quantiser or ORT cannot take: fp32 is served
+            note = f"quantisation failed ({type(exc).__name__}: {exc})"[:500]
+            return runtime, {"served": False, "passed": False, "note": note}
+        record = int8_gate(task, runtime, int8, frame, cfg, id2label)
+        record["served"] = bool(record["passed"])
+        if record["served"]:
+            os.replace(candidate, onnx_path)
+            return int8, record
+        return runtime, record
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def _int8_skip_reason(cfg: ExportConfig, task: Task, external: bool) -> str:
+    """Why the INT8 graph is not even tried ('' when it is)."""
+    if cfg.quantise == "none":
+        return "export.quantise is none"
+    if not task.onnx_int8:
+        return f"{task.name} is served in fp32"
+    if external:
+        return "not quantised: the weights are in an external data file"
+    return ""
+
+
 def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportConfig, task: Task) -> dict:
     """model.onnx (and any further graph the task exports) + tokenizer/ + serving.json + parity.json in out_dir;
     ParityError if ONNX and PyTorch disagree. `test_parquet`: the clean split parity runs on (the task's
-    spec.parity_split)."""
+    spec.parity_split).
+
+    model.onnx is the graph served: the export with its transformer ops fused (export.optimise), and with INT8
+    weights when they pass the INT8 gate (export.quantise). Parity against PyTorch (within export.atol) is checked
+    on the fp32 graph; the INT8 graph is judged by the task metric against fp32 instead. One ORT session serves the
+    parity check, the fp32 side of the INT8 gate and, when fp32 is served, the latency runs. parity.json records
+    `graph` (optimised, fused_ops, precision) and `int8` (the gate's figures and decision)."""
     import pandas as pd
 
     from pipelines.hashing import file_digest
-    from pipelines.serving import load_runtime
+    from pipelines.serving import load_runtime, ort_session
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     frame = pd.read_parquet(test_parquet)
@@ -212,9 +330,11 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
 
     progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
     input_names = export_model_to_onnx(spec, onnx_path, cfg.opset)
-    for name, graph in graphs.items():
+    for name, graph_spec in graphs.items():
         if name != "model.onnx":
-            export_model_to_onnx(graph, out_dir / name, cfg.opset)
+            export_model_to_onnx(graph_spec, out_dir / name, cfg.opset)
+    external = needs_external_data(spec)
+    graph = optimise_graph(onnx_path, cfg, task, external)
 
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)  # no stale files from an earlier export
     with _captured():
@@ -222,18 +342,46 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     serving = {**task.serving_config(model, tokenizer, spec), "opset": int(cfg.opset)}
     (out_dir / "serving.json").write_text(json.dumps(serving, indent=2), encoding="utf-8")
 
+    session = None
     parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)
     if parity is None:
-        parity = onnx_parity(onnx_path, spec, task, task.parity_feeds(tokenizer, rows, input_names), cfg.atol)
+        session = ort_session(onnx_path)
+        feeds = task.parity_feeds(tokenizer, rows, input_names)
+        parity = onnx_parity(onnx_path, spec, task, feeds, cfg.atol, session=session)
+    if parity["passed"]:
+        id2label = {int(i): str(name) for i, name in (getattr(model.config, "id2label", None) or {}).items()}
+        runtime, parity["int8"] = serve_int8_if_it_passes(
+            out_dir,
+            load_runtime(out_dir, session=session),
+            task,
+            frame,
+            cfg,
+            id2label,
+            _int8_skip_reason(cfg, task, external),
+        )
+        graph["precision"] = "int8" if parity["int8"]["served"] else "fp32"
+        parity.update(onnx_latency(runtime, task.runtime_inputs(rows), cfg.latency_runs))
+    parity["graph"] = graph
     parity.update(opset=int(cfg.opset), onnx_sha256=file_digest(onnx_path), onnx_bytes=onnx_path.stat().st_size)
     if len(graphs) > 1:
         parity["onnx_files"] = {name: file_digest(out_dir / name) for name in graphs}
-    if parity["passed"]:
-        parity.update(onnx_latency(load_runtime(out_dir), task.runtime_inputs(rows), cfg.latency_runs))
     (out_dir / "parity.json").write_text(json.dumps(parity, indent=2), encoding="utf-8")
     if not parity["passed"]:
         raise ParityError(
             f"{onnx_path}: parity failed: max abs diff {parity['max_abs_diff']:.3g} > atol {parity['atol']:g} "
             f"on {parity['rows']} rows ({parity['label_mismatches']} mismatched results)"
         )
+    int8 = parity.get("int8") or {}
+    if cfg.quantise == "int8" and "passed" in int8 and not int8["served"]:  # tried, and the gate said no
+        raise ParityError(f"{onnx_path}: export.quantise is int8 but the INT8 graph is not served: {_int8_text(int8)}")
     return {**parity, "onnx_path": str(onnx_path)}
+
+
+def _int8_text(record: dict[str, Any]) -> str:
+    """One line on the INT8 gate for messages."""
+    if "drop_points" not in record:
+        return str(record.get("note", "no INT8 figures"))
+    return (
+        f"{record['metric']} {record['int8']:.4f} vs fp32 {record['fp32']:.4f} on {record['rows']} rows "
+        f"(drop {record['drop_points']:.2f} points, at most {record['max_drop_points']:g} allowed)"
+    )

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mlflow.models.model import ModelInfo
 
 try:  # one error type for the CLI when nlpops is installed; a local stand-in inside a bare MLflow serving env
@@ -70,6 +72,42 @@ def encode(tokenizer: Any, texts: list[str], text_pairs: list[str] | None, max_l
     return {name: np.asarray(enc[name], dtype=np.int64) for name in input_names}
 
 
+def tokenise_rows(
+    tokenizer: Any, texts: list[str], text_pairs: list[str] | None, max_length: int, input_names: list[str]
+) -> dict[str, list[list[int]]]:
+    """`encode` without the padding: per graph input, one token list per row; `pad_rows` pads any batch of them
+    later (the whole input is tokenised once, then batched by length)."""
+    enc = tokenizer(
+        list(texts),
+        list(text_pairs) if text_pairs is not None else None,
+        truncation="longest_first",
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=True,
+        return_token_type_ids="token_type_ids" in input_names,
+    )
+    return {name: list(enc[name]) for name in input_names}
+
+
+def pad_rows(tokenizer: Any, rows: dict[str, list[list[int]]], index: Sequence[int]) -> dict[str, Any]:
+    """The rows at `index` as ONNX feeds, padded to the batch's longest as the tokenizer pads (its side, its pad
+    token and type id): exactly what `encode` gives for those texts."""
+    import numpy as np
+
+    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": tokenizer.pad_token_type_id or 0}
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    width = max((len(rows["input_ids"][i]) for i in index), default=0)
+    feeds = {}
+    for name, values in rows.items():
+        array = np.full((len(index), width), pad_values.get(name, 0), dtype=np.int64)
+        for j, i in enumerate(index):
+            row = values[i]
+            start = width - len(row) if left else 0
+            array[j, start : start + len(row)] = row
+        feeds[name] = array
+    return feeds
+
+
 def softmax(logits):
     import numpy as np
 
@@ -78,13 +116,41 @@ def softmax(logits):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def ort_session(onnx_path: str | Path):
-    """A CPU onnxruntime session that only reports errors (ORT's graph-cleanup warnings are not news)."""
+ORT_THREADS_ENV = "NLPOPS_ORT_THREADS"  # intra-op threads of every session; unset or 0: onnxruntime's default
+
+
+def ort_session(onnx_path: str | Path, threads: int | None = None):
+    """A CPU onnxruntime session that only reports errors (ORT's graph-cleanup warnings are not news).
+
+    Every graph optimisation ORT has (level ALL: its own fusions and layout changes on top of the export's), one
+    operator at a time (sequential: a transformer is a chain, parallel execution only adds scheduling), and
+    `threads` intra-op threads (else $NLPOPS_ORT_THREADS; 0 or unset: onnxruntime's default, one per physical
+    core). benchmarks/inference.py measures these settings."""
+    import os
+
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is None:
+        threads = int(os.environ.get(ORT_THREADS_ENV) or 0)
+    options.intra_op_num_threads = max(0, int(threads))
     return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, by_length: bool = True) -> list[list[int]]:
+    """Row indices in batches of at most batch_size, longest rows first (by_length; else input order).
+
+    Rows of one batch then have similar lengths, so little of each batch is padding; the caller writes every
+    batch's results back at its indices, so results come out in input order. Longest first: the first batch
+    sizes ORT's memory arena once for the whole call."""
+    import numpy as np
+
+    size = max(1, int(batch_size))
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable") if by_length else np.arange(len(lengths))
+    return [order[i : i + size].tolist() for i in range(0, len(order), size)]
 
 
 def check_export_dir(path: str | Path) -> Path:
@@ -110,6 +176,9 @@ class OnnxRuntimeModel:
 
     task: str = ""
     required_keys: tuple[str, ...] = ("max_length", "input_names")
+    # batch prediction runs rows sorted by length (results still in input order); False: input order, for
+    # benchmarks/inference.py's side-by-side
+    sort_by_length: bool = True
 
     def __init__(self, session: Any, tokenizer: Any, serving: dict[str, Any], path: Path | None = None) -> None:
         self.session = session
@@ -122,7 +191,9 @@ class OnnxRuntimeModel:
         self.opset = serving.get("opset")
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> Any:
+    def from_dir(cls, path: str | Path, session: Any = None) -> Any:
+        """The runtime of an export folder; `session`: an ORT session already open on a graph of that folder
+        (the export stage reuses its parity session instead of opening model.onnx again)."""
         path = check_export_dir(path)
         serving = read_serving_json(path)
         missing = [k for k in cls.required_keys if k not in serving]
@@ -139,7 +210,7 @@ class OnnxRuntimeModel:
             reason = f"{type(exc).__name__}: {exc}"
             raise ModelLoadError(f"{path / TOKENIZER_DIR}: cannot load tokenizer ({reason})") from None
         try:
-            session = ort_session(path / ONNX_FILE)
+            session = session or ort_session(path / ONNX_FILE)
         except Exception as exc:  # onnxruntime raises its own exception types
             reason = f"{type(exc).__name__}: {exc}"
             raise ModelLoadError(f"{path / ONNX_FILE}: onnxruntime cannot load it ({reason})") from None
@@ -190,15 +261,16 @@ def runtime_class(task: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def load_runtime(path: str | Path) -> Any:
-    """The runtime for an export folder, chosen by its serving.json `task` (older exports: text_classification)."""
+def load_runtime(path: str | Path, session: Any = None) -> Any:
+    """The runtime for an export folder, chosen by its serving.json `task` (older exports: text_classification);
+    `session`: an open ORT session to use instead of opening model.onnx."""
     path = check_export_dir(path)
     task = str(read_serving_json(path).get("task", "text_classification"))
     try:
         cls = runtime_class(task)
     except Exception as exc:
         raise ModelLoadError(f"{path / SERVING_FILE}: unknown task {task!r} ({exc})") from None
-    return cls.from_dir(path)
+    return cls.from_dir(path, session=session)
 
 
 _PYFUNC_CLASS: type | None = None

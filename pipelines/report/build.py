@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.onnx_optimise import served_graph_lines
 from pipelines.paths import StagePaths
 from pipelines.report.html import (
     Section,
@@ -488,6 +489,7 @@ def onnx_section(facts: RunFacts) -> Section:
                     f"{fmt(parity.get('latency_p95_ms'), 2)} ms" if parity.get("latency_p95_ms") is not None else None,
                 ),
                 ("latency runs", parity.get("latency_runs")),
+                *served_graph_lines(parity),
             ]
         )
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipelines.onnx_optimise import served_graph_lines
 from pipelines.report.build import gate_checks
 from pipelines.report.html import fmt
 
@@ -224,6 +225,8 @@ def render_card(facts: RunFacts, params: Params, task: Task) -> str:
             f"{fmt(parity.get('label_mismatches'))} differing results; batch-1 "
             f"latency p50 {fmt(parity.get('latency_p50_ms'), 2)} ms, p95 {fmt(parity.get('latency_p95_ms'), 2)} ms.",
         ]
+        served = served_graph_lines(parity)
+        out += ["", *(f"- {label}: {text}" for label, text in served)] if served else []
     out += ["", "## Limitations", ""]
     out += [f"- {line}" for line in limitations(facts, params)]
     out += ["", "## How to use", ""]

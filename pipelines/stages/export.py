@@ -44,4 +44,10 @@ def _log_parity(run_id: str, paths: StagePaths, passed: bool) -> None:
         if paths.parity_report.is_file():
             parity = json.loads(paths.parity_report.read_text())
             mlflow.log_metric("onnx_max_abs_diff", float(parity.get("max_abs_diff", float("nan"))))
+            graph, int8 = parity.get("graph") or {}, parity.get("int8") or {}
+            mlflow.set_tag("onnx.precision", str(graph.get("precision", "fp32")))
+            mlflow.set_tag("onnx.fused_ops", json.dumps(graph.get("fused_ops") or {}, sort_keys=True))
+            if "drop_points" in int8:  # the INT8 gate ran
+                mlflow.log_metric("onnx_int8_drop_points", float(int8["drop_points"]))
+                mlflow.log_metric("onnx_int8_agreement", float(int8["agreement"]))
             mlflow.log_artifact(str(paths.parity_report), artifact_path="export")

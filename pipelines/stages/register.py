@@ -71,6 +71,7 @@ def run_register(params: Params) -> dict[str, Any]:
             "onnx.sha256": str(parity.get("onnx_sha256")),
             "onnx.parity_max_abs_diff": str(parity.get("max_abs_diff")),
             "onnx.latency_p95_ms": str(parity.get("latency_p95_ms")),
+            "onnx.precision": str((parity.get("graph") or {}).get("precision", "fp32")),
             "slices.membership": str(sliced.get("membership_sha256")),
             **{f"metric.{k}": str(v) for k, v in get_task(params).metric_tags(metrics).items()},
         }

@@ -194,6 +194,13 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ export, parity, serving
 
+    # What the export stage may do to model.onnx after exporting it (pipelines/onnx_optimise.py): fuse the
+    # transformer ops (export.optimise) and serve it with INT8 weights when the INT8 gate passes (export.quantise).
+    # The gate scores both graphs with the task's runtime and `score`, so a task that cannot be judged that way
+    # cheaply (generation) keeps fp32.
+    onnx_fusion: ClassVar[bool] = True
+    onnx_int8: ClassVar[bool] = True
+
     @abstractmethod
     def export_spec(self, model: Any, tokenizer: Any) -> ExportSpec:
         """The graph to export."""

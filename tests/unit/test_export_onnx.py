@@ -49,7 +49,7 @@ def write_test_parquet(path: Path, rows: int, pair: bool = False) -> Path:
 def single_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("export-single")
     test_parquet = write_test_parquet(root / "test.parquet", rows=30)
-    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=20)
+    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=20, quantise="none")  # fp32: compared with torch below
     result = export_onnx(tiny_model_dir, test_parquet, root / "onnx", cfg, classifier_task())
     return root / "onnx", result
 
@@ -197,3 +197,131 @@ def test_missing_model_folder_is_a_model_load_error(tmp_path: Path) -> None:
             ExportConfig(opset=17, atol=1e-4, parity_rows=64),
             classifier_task(),
         )
+
+
+# ---------------------------------------------------------------- the served graph: fusion and the INT8 gate
+
+
+def test_served_graph_has_fused_attention(single_export: tuple[Path, dict]) -> None:
+    """Every encoder layer's attention is one com.microsoft Attention node (as are its residual LayerNorms and
+    bias+GELU), and the fused graph still matches PyTorch within atol (test_export_parity_numbers_and_files)."""
+    from pipelines.onnx_optimise import CONTRIB_DOMAIN, graph_op_counts
+
+    out_dir, result = single_export
+    fused = {"Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}  # 2 layers in the tiny BERT
+    assert result["graph"] == {"optimised": True, "fused_ops": fused, "precision": "fp32"}
+    assert graph_op_counts(out_dir / "model.onnx", CONTRIB_DOMAIN) == fused
+    assert "Softmax" not in graph_op_counts(out_dir / "model.onnx", "")  # no unfused attention left
+    assert result["int8"] == {"served": False, "note": "export.quantise is none"}
+
+
+def reuse_fixture_export(monkeypatch: pytest.MonkeyPatch, exported: Path) -> None:
+    """export_onnx writes the fixture's graph instead of exporting again (saves a ~5 s export per test)."""
+    import shutil
+
+    import pipelines.export_onnx as export_module
+
+    def copy_export(spec, onnx_path, *args, **kwargs):
+        shutil.copyfile(exported, onnx_path)
+        return spec.input_names
+
+    monkeypatch.setattr(export_module, "export_model_to_onnx", copy_export)
+
+
+def test_int8_is_served_when_it_passes_its_gate(
+    single_export: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    from pipelines.onnx_optimise import graph_op_counts
+
+    reuse_fixture_export(monkeypatch, single_export[0] / "model.onnx")
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=24)
+    cfg = ExportConfig(parity_rows=10, int8_max_drop=100.0, int8_gate_rows=20, latency_runs=3)
+    result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "onnx", cfg, classifier_task())
+    onnx_path = tmp_path / "onnx" / "model.onnx"
+    assert result["passed"] is True and result["max_abs_diff"] <= 1e-5  # parity: the fp32 graph against torch
+    assert result["graph"]["precision"] == "int8"
+    int8 = result["int8"]
+    assert int8["served"] is True and int8["passed"] is True
+    assert int8["metric"] == "macro_f1" and int8["rows"] == 20 and int8["max_drop_points"] == 100.0
+    assert int8["drop_points"] == pytest.approx((int8["fp32"] - int8["int8"]) * 100)
+    assert 0.0 <= int8["agreement"] <= 1.0
+    ops = graph_op_counts(onnx_path)
+    assert ops.get("DynamicQuantizeLinear", 0) + ops.get("DynamicQuantizeMatMul", 0) > 0 and ops["Attention"] == 2
+    assert result["onnx_sha256"] == file_digest(onnx_path) and result["latency_runs"] == 3
+    files = sorted(p.name for p in onnx_path.parent.iterdir())
+    assert files == ["model.onnx", "parity.json", "serving.json", "tokenizer"]  # no INT8 candidate left behind
+    onnx.checker.check_model(str(onnx_path))
+    from pipelines.serving import load_runtime
+
+    labels = [r["label"] for r in load_runtime(onnx_path.parent).predict(["the film was good", "dull"])]
+    assert set(labels) <= {"LABEL_0", "LABEL_1"}
+
+
+def failing_gate(*args, **kwargs) -> dict:
+    from pipelines.onnx_optimise import int8_figures
+
+    return int8_figures("macro_f1", 0.9, 0.8, 0.9, 20, 0.5)
+
+
+def test_int8_gate_failure_serves_fp32_or_fails_when_int8_is_required(
+    single_export: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.export_onnx as export_module
+    from pipelines.onnx_optimise import graph_op_counts
+
+    reuse_fixture_export(monkeypatch, single_export[0] / "model.onnx")
+    monkeypatch.setattr(export_module, "int8_gate", failing_gate)
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
+    result = export_onnx(
+        tiny_model_dir, test_parquet, tmp_path / "auto", ExportConfig(parity_rows=10, latency_runs=0), classifier_task()
+    )
+    assert result["graph"]["precision"] == "fp32"
+    assert result["int8"]["served"] is False and result["int8"]["drop_points"] == pytest.approx(10.0)
+    ops = graph_op_counts(tmp_path / "auto" / "model.onnx")
+    assert ops["Attention"] == 2 and "DynamicQuantizeLinear" not in ops  # the fused fp32 graph
+    assert not list((tmp_path / "auto").glob(".*onnx"))  # no INT8 candidate left behind
+
+    cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="int8")
+    with pytest.raises(ParityError, match=r"quantise is int8 but .*macro_f1 0\.8000 vs fp32 0\.9000 on 20 rows"):
+        export_onnx(tiny_model_dir, test_parquet, tmp_path / "int8", cfg, classifier_task())
+    parity = json.loads((tmp_path / "int8" / "parity.json").read_text())
+    assert parity["passed"] is True and parity["int8"]["served"] is False
+
+
+def test_fusion_off_or_failing_serves_the_plain_export(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.onnx_optimise as optimise_module
+    from pipelines.export_onnx import optimise_graph
+    from pipelines.onnx_optimise import CONTRIB_DOMAIN, graph_op_counts
+
+    task = classifier_task()
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, task)
+    from pipelines.export_onnx import export_model_to_onnx
+
+    plain = tmp_path / "model.onnx"
+    export_model_to_onnx(task.export_spec(model, tokenizer), plain, 17)
+    digest = file_digest(plain)
+    off = optimise_graph(plain, ExportConfig(optimise=False), task, external=False)
+    assert off == {"optimised": False, "fused_ops": {}, "precision": "fp32", "note": "export.optimise is off"}
+
+    def broken(src, dst):
+        Path(dst).write_text("half a graph")
+        raise RuntimeError("no match")
+
+    monkeypatch.setattr(optimise_module, "fuse_transformer_ops", broken)
+    failed = optimise_graph(plain, ExportConfig(), task, external=False)
+    assert failed["optimised"] is False and "fusion failed" in failed["note"] and "no match" in failed["note"]
+    assert file_digest(plain) == digest and graph_op_counts(plain, CONTRIB_DOMAIN) == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_int8_figures_are_points_of_the_metric() -> None:
+    from pipelines.onnx_optimise import int8_figures
+
+    ok = int8_figures("accuracy", 0.8612, 0.8590, 0.97, 1000, 0.5)
+    assert ok["drop_points"] == pytest.approx(0.22) and ok["passed"] is True
+    assert int8_figures("accuracy", 0.8612, 0.8544, 0.97, 1000, 0.5)["passed"] is False  # -0.68 points
+    assert int8_figures("accuracy", 0.80, 0.81, 0.97, 1000, 0.0)["drop_points"] == pytest.approx(-1.0)

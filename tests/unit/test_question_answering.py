@@ -519,6 +519,20 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_qa_mo
     outputs = runtime.predict(task.runtime_inputs(frame), batch_size=3)
     back = task.predictions_from_runtime(outputs, {})
     assert back is not None and back.values == torch_preds.values
+
+    def same_answers(other: list[dict]) -> bool:
+        scores = [[o["score"] for o in out] for out in (outputs, other)]
+        return [o["answer"] for o in other] == [o["answer"] for o in outputs] and np.allclose(*scores, atol=1e-5)
+
+    runtime.sort_by_length = False  # windows run by length, results in input order: as in input order
+    assert same_answers(runtime.predict(task.runtime_inputs(frame), batch_size=3))
+    runtime.sort_by_length = True
+    from pipelines.onnx_optimise import fuse_transformer_ops  # the export stage's fusion covers QA's encoder
+
+    fused = fuse_transformer_ops(export_dir / "model.onnx", export_dir / "fused.onnx")
+    assert fused["Attention"] == model.config.num_hidden_layers
+    (export_dir / "fused.onnx").replace(export_dir / "model.onnx")
+    assert same_answers(load_runtime(export_dir).predict(task.runtime_inputs(frame), batch_size=3))
     assert np.allclose(back.scores, [o["score"] if o["answer"] else 0 for o in outputs] or back.scores)
     for item, out in zip(task.runtime_inputs(frame), outputs, strict=True):
         if out["answer"]:

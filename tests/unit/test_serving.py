@@ -60,7 +60,7 @@ def export(model_dir: Path, root: Path, pair: bool) -> Path:
     if pair:
         frame["text_pair"] = PAIRS
     frame.to_parquet(root / "test.parquet", index=False)
-    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=16)
+    cfg = ExportConfig(opset=17, atol=1e-4, parity_rows=16, quantise="none")  # fp32: probabilities match torch
     export_onnx(model_dir, root / "test.parquet", root / "onnx", cfg, classifier_task(pair))
     return root / "onnx"
 
@@ -242,3 +242,54 @@ def test_log_onnx_pyfunc_needs_a_run_and_a_complete_folder(single_dir: Path, tmp
         log_onnx_pyfunc(tmp_path)
     with pytest.raises(RuntimeError, match="active MLflow run"):
         log_onnx_pyfunc(single_dir)
+
+
+# ---------------------------------------------------------------- batching by length, session settings
+
+
+def test_length_batches_longest_first_cover_every_row_once() -> None:
+    assert serving.length_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]  # ties keep input order
+    assert serving.length_batches([3, 9, 1], 2, by_length=False) == [[0, 1], [2]]
+    assert serving.length_batches([], 4) == []
+    assert sorted(i for b in serving.length_batches(list(range(100)), 7) for i in b) == list(range(100))
+
+
+def test_pad_rows_gives_what_encode_gives(single_dir: Path) -> None:
+    classifier = OnnxTextClassifier.from_dir(single_dir)
+    tokenizer, names = classifier.tokenizer, classifier.input_names
+    rows = serving.tokenise_rows(tokenizer, TEXTS, None, MAX_LENGTH, names)
+    index = [2, 0, 5]
+    got = serving.pad_rows(tokenizer, rows, index)
+    expected = serving.encode(tokenizer, [TEXTS[i] for i in index], None, MAX_LENGTH, names)
+    assert list(got) == names
+    for name in names:
+        np.testing.assert_array_equal(got[name], expected[name])
+    pair_rows = serving.tokenise_rows(tokenizer, TEXTS, PAIRS, MAX_LENGTH, names)
+    pair_expected = serving.encode(tokenizer, TEXTS[:3], PAIRS[:3], MAX_LENGTH, names)
+    for name, array in serving.pad_rows(tokenizer, pair_rows, [0, 1, 2]).items():
+        np.testing.assert_array_equal(array, pair_expected[name])
+
+
+def test_sorted_batches_come_back_in_input_order(single_dir: Path) -> None:
+    """Rows run longest first in batches of similar length; each result is still its own row's."""
+    classifier = OnnxTextClassifier.from_dir(single_dir)
+    texts = [TEXTS[i % len(TEXTS)] + " ." * (i % 4) for i in range(23)]
+    assert classifier.sort_by_length is True
+    by_length = classifier.predict_logits(texts, batch_size=4)
+    one_by_one = np.concatenate([classifier.predict_logits([t], batch_size=1) for t in texts])
+    classifier.sort_by_length = False
+    in_order = classifier.predict_logits(texts, batch_size=4)
+    assert by_length.shape == (23, 2)
+    np.testing.assert_allclose(by_length, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(by_length, in_order, atol=1e-5)
+
+
+def test_ort_session_settings(single_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    options = serving.ort_session(single_dir / "model.onnx", threads=1).get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    monkeypatch.setenv(serving.ORT_THREADS_ENV, "2")
+    assert serving.ort_session(single_dir / "model.onnx").get_session_options().intra_op_num_threads == 2

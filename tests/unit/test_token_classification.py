@@ -510,6 +510,19 @@ def test_onnx_export_parity_and_runtime_on_tiny_model(tmp_path: Path, tiny_token
     assert back is not None and back.values == torch_preds.values
     assert np.allclose(np.concatenate(back.scores), np.concatenate(torch_preds.scores), atol=1e-4)
 
+    def same_tags(other: list[dict]) -> bool:
+        scores = [np.concatenate([o["scores"] for o in out]) for out in (outputs, other)]
+        return [o["tags"] for o in other] == [o["tags"] for o in outputs] and np.allclose(*scores, atol=1e-5)
+
+    runtime.sort_by_length = False  # windows run by length, results in input order: as in input order
+    assert same_tags(runtime.predict(task.runtime_inputs(frame), batch_size=3))
+    from pipelines.onnx_optimise import fuse_transformer_ops  # the export stage's fusion covers this encoder too
+
+    fused = fuse_transformer_ops(export_dir / "model.onnx", export_dir / "fused.onnx")
+    assert fused["Attention"] == model.config.num_hidden_layers
+    (export_dir / "fused.onnx").replace(export_dir / "model.onnx")
+    assert same_tags(load_runtime(export_dir).predict(task.runtime_inputs(frame), batch_size=3))
+
 
 def test_package_import_is_torch_free() -> None:
     code = (

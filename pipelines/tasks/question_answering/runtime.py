@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipelines.serving import OnnxRuntimeModel
+from pipelines.serving import OnnxRuntimeModel, length_batches
 from pipelines.tasks.question_answering.features import best_answers, encode_windows, final_answer, pad_batch
 
 
@@ -49,20 +49,22 @@ class OnnxQuestionAnswerer(OnnxRuntimeModel):
         self.threshold = float(serving.get("null_score_diff_threshold", 0.0))
 
     def logits(self, features: dict[str, list], batch_size: int) -> tuple[list[Any], list[Any]]:
+        """Per window, in input order: its start and end logits (padding removed); batch_size windows of similar
+        length per ONNX call (`sort_by_length`)."""
         import numpy as np
 
         pad = self.tokenizer.pad_token_id or 0
-        starts: list[Any] = []
-        ends: list[Any] = []
-        rows = features["input_ids"]
-        for first in range(0, len(rows), batch_size):
-            ids, mask = pad_batch(rows[first : first + batch_size], pad)
-            types, _ = pad_batch(features["token_type_ids"][first : first + batch_size], 0)
-            available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        rows, types = features["input_ids"], features["token_type_ids"]
+        starts: list[Any] = [None] * len(rows)
+        ends: list[Any] = [None] * len(rows)
+        for index in length_batches([len(r) for r in rows], batch_size, self.sort_by_length):
+            ids, mask = pad_batch([rows[i] for i in index], pad)
+            type_ids, _ = pad_batch([types[i] for i in index], 0)
+            available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
             s, e = self.run({name: available[name] for name in self.input_names})[:2]
-            lengths = mask.sum(axis=1)
-            starts.extend(np.asarray(s[i, : lengths[i]]) for i in range(len(lengths)))
-            ends.extend(np.asarray(e[i, : lengths[i]]) for i in range(len(lengths)))
+            for j, i in enumerate(index):
+                starts[i] = np.asarray(s[j, : len(rows[i])])
+                ends[i] = np.asarray(e[j, : len(rows[i])])
         return starts, ends
 
     def predict(self, items: list[Any], batch_size: int = 32) -> list[dict[str, Any]]:

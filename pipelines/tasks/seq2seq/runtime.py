@@ -47,8 +47,8 @@ class OnnxSeq2Seq(OnnxRuntimeModel):
         self.decoder: Any = None
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> Any:
-        runtime = super().from_dir(path)
+    def from_dir(cls, path: str | Path, session: Any = None) -> Any:
+        runtime = super().from_dir(path, session=session)
         decoder = Path(path) / DECODER_FILE
         if not decoder.is_file():
             raise ModelLoadError(f"{path}: incomplete seq2seq export, missing {DECODER_FILE}")

@@ -73,6 +73,9 @@ class Seq2Seq(Task):
 
     spec: ClassVar[TaskSpec] = SPEC
     options: Options
+    # the encoder-decoder graphs are served as exported: fp32, generation-level parity (check_parity)
+    onnx_fusion: ClassVar[bool] = False
+    onnx_int8: ClassVar[bool] = False
     _tokenizer: Any = None
     _special: Any = None
     _lowercase: bool | None = None

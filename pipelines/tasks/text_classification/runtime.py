@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.serving import OnnxRuntimeModel, encode, softmax
+from pipelines.serving import OnnxRuntimeModel, length_batches, pad_rows, softmax, tokenise_rows
 
 
 class OnnxTextClassifier(OnnxRuntimeModel):
@@ -19,7 +19,7 @@ class OnnxTextClassifier(OnnxRuntimeModel):
         self.id2label = {int(i): str(name) for i, name in serving["id2label"].items()}
 
     def predict_logits(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32):
-        """Raw logits, float32 [rows, labels]."""
+        """Raw logits, float32 [rows, labels], in input order (batches of similar-length rows; `sort_by_length`)."""
         import numpy as np
 
         texts = [str(t) for t in texts]
@@ -33,20 +33,14 @@ class OnnxTextClassifier(OnnxRuntimeModel):
             raise ValueError("this is a single-sentence model: text_pairs must be None")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            stop = start + batch_size
-            feeds = encode(
-                self.tokenizer,
-                texts[start:stop],
-                text_pairs[start:stop] if text_pairs is not None else None,
-                self.max_length,
-                self.input_names,
-            )
-            chunks.append(self.run(feeds)[0])
-        if not chunks:
-            return np.zeros((0, len(self.id2label)), dtype=np.float32)
-        return np.concatenate(chunks, axis=0)
+        logits = np.zeros((len(texts), len(self.id2label)), dtype=np.float32)
+        if not texts:
+            return logits
+        rows = tokenise_rows(self.tokenizer, texts, text_pairs, self.max_length, self.input_names)
+        lengths = [len(ids) for ids in rows["input_ids"]]
+        for index in length_batches(lengths, batch_size, self.sort_by_length):
+            logits[index] = self.run(pad_rows(self.tokenizer, rows, index))[0]
+        return logits
 
     def classify(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32) -> list[dict]:
         """[{"label": name, "score": probability of that label, "scores": {label: probability}}] per row."""

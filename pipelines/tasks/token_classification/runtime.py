@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipelines.serving import OnnxRuntimeModel
+from pipelines.serving import OnnxRuntimeModel, length_batches
 from pipelines.tasks.token_classification.iob import entity_spans
 from pipelines.tasks.token_classification.windows import encode_windows, merge_windows, pad_batch, split_words
 
@@ -70,17 +70,18 @@ class OnnxTokenClassifier(OnnxRuntimeModel):
         self.fallback = self.labels.index("O") if "O" in self.labels else 0
 
     def logits(self, rows: list[list[int]], batch_size: int) -> list[Any]:
-        """Per feature: its [tokens, labels] logits (padding removed), batch_size features per ONNX call."""
+        """Per feature, in input order: its [tokens, labels] logits (padding removed); batch_size features of
+        similar length per ONNX call (`sort_by_length`)."""
         import numpy as np
 
         pad = self.tokenizer.pad_token_id or 0
-        out: list[Any] = []
-        for start in range(0, len(rows), batch_size):
-            ids, mask = pad_batch(rows[start : start + batch_size], pad)
+        out: list[Any] = [None] * len(rows)
+        for index in length_batches([len(r) for r in rows], batch_size, self.sort_by_length):
+            ids, mask = pad_batch([rows[i] for i in index], pad)
             available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             logits = self.run({name: available[name] for name in self.input_names})[0]
-            lengths = mask.sum(axis=1)
-            out.extend(logits[i, : lengths[i]] for i in range(len(lengths)))
+            for j, i in enumerate(index):
+                out[i] = logits[j, : len(rows[i])]
         return out
 
     def predict(self, items: list[Any], batch_size: int = 32) -> list[dict[str, Any]]:

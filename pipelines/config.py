@@ -171,9 +171,21 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(2, ge=0, description="Epochs without improvement before stopping; 0 = off.")
     length_grouping: bool = Field(True, description="Group batches by length (less padding, faster).")
     mega_batch_factor: int = Field(50, ge=1, description="Batches per sorted mega-batch when grouping by length.")
+    batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget per training batch (with length_grouping): rows x the batch's longest row stay "
+        "within it, batch_size still caps the rows; short texts make wide batches, long ones narrow; the LR "
+        "schedule counts the batches this makes. Empty = batch_size rows per batch.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
     max_train_rows: int | None = Field(None, ge=1, description="Use a stratified subset of the training split.")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; empty = all cores.")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per process; empty = the physical cores this process may use (affinity, "
+        "cgroup quota) that are idle when training starts: a core busy with other work would stall every op.",
+    )
     checkpoint_every_steps: int = Field(
         200,
         ge=0,

@@ -169,7 +169,9 @@ def should_launch(processes: int) -> bool:
 
 
 def _threads_per_process(processes: int, num_threads: int | None) -> int:
-    return num_threads or max(1, (os.cpu_count() or 1) // processes)
+    from pipelines.cpu import usable_cores
+
+    return num_threads or max(1, usable_cores() // processes)
 
 
 def die_with_parent() -> None:

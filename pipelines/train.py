@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shutil
 import tempfile
@@ -32,22 +31,54 @@ if TYPE_CHECKING:
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, mega_batch_factor: int, seed: int) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, mega_batch_factor: int, seed: int, batch_tokens: int | None = None
+) -> list[list[int]]:
     """Shuffle, cut into mega-batches, sort each by length, split into batches, then shuffle the batches.
 
-    Rows in a batch have similar lengths (little padding) while the batch order stays random.
+    Rows in a batch have similar lengths (little padding) while the batch order stays random. With
+    `batch_tokens`, a batch also stops before rows x its longest row would pass that budget (a row longer than
+    the budget gets a batch of its own): short rows make wide batches, long rows narrow ones, so every step
+    multiplies matrices of about the same, efficient size. A mega-batch then holds `mega_batch_factor` times the
+    rows an average batch takes, so the batches stay as random as with row counts.
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
-    mega = batch_size * mega_batch_factor
-    batches: list[list[int]] = []
     lengths_arr = np.asarray(lengths)
+    rows_per_batch = batch_size
+    if batch_tokens is not None and len(lengths):
+        rows_per_batch = int(min(batch_size, max(1, batch_tokens // max(1.0, float(lengths_arr.mean())))))
+    mega = rows_per_batch * mega_batch_factor
+    batches: list[list[int]] = []
     for start in range(0, len(order), mega):
         chunk = order[start : start + mega]
         chunk = chunk[np.argsort(-lengths_arr[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+        batches.extend(_cut_sorted(chunk.tolist(), lengths_arr[chunk].tolist(), batch_size, batch_tokens))
     rng.shuffle(batches)  # type: ignore[arg-type]
     return batches
+
+
+def _cut_sorted(rows: list[int], lengths: list[int], batch_size: int, batch_tokens: int | None) -> list[list[int]]:
+    """Consecutive batches of rows sorted longest first: at most batch_size rows and, with a token budget, at
+    most batch_tokens padded tokens (the first row of a batch is its longest, so rows x that length)."""
+    if batch_tokens is None:
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    batches: list[list[int]] = []
+    i = 0
+    while i < len(rows):
+        take = min(batch_size, max(1, batch_tokens // max(1, lengths[i])))
+        batches.append(rows[i : i + take])
+        i += take
+    return batches
+
+
+def training_batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """The batches of one epoch (row indices), from `train.*`: length-grouped (by rows, or by a token budget) or
+    random; seeded by seed + epoch, so a resumed run gets the same ones."""
+    seed = cfg.seed + epoch
+    if cfg.length_grouping:
+        return length_grouped_batches(lengths, cfg.batch_size, cfg.mega_batch_factor, seed, cfg.batch_tokens)
+    return random_batches(len(lengths), cfg.batch_size, seed)
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -296,8 +327,9 @@ def train_model(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
+    from pipelines.cpu import configure_threads
+
+    threads = configure_threads(train_cfg.num_threads)
     set_seed(train_cfg.seed)
     train_rows = read_tokenised_split(tokenised_dir / "train.parquet")
     val_rows = read_tokenised_split(tokenised_dir / "validation.parquet")
@@ -325,8 +357,9 @@ def train_model(
     from pipelines import distributed  # under torchrun: DDP, sharded batches, rank 0 writes (no-ops otherwise)
 
     distributed.seed_rank(train_cfg.seed)
-    steps_per_epoch = math.ceil(len(train_rows["input_ids"]) / train_cfg.batch_size)
-    total_steps = steps_per_epoch * train_cfg.epochs
+    # Every epoch's batches up front: with a token budget their number varies, and the schedule needs the total.
+    epoch_batches = {e: training_batches(train_rows["length"], train_cfg, e) for e in range(1, train_cfg.epochs + 1)}
+    total_steps = sum(len(b) for b in epoch_batches.values())
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total_steps), total_steps)
@@ -354,6 +387,8 @@ def train_model(
             logging.getLogger(__name__).warning("%s: best model does not match the checkpoint; restarting", out_dir)
             state = None
         if state is not None:
+            if not train_cfg.num_threads and state.get("threads"):  # auto threads: the interrupted run's count,
+                threads = configure_threads(int(state["threads"]))  # so the float sums (and weights) stay the same
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -393,6 +428,7 @@ def train_model(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(),
+                "threads": threads,
                 **({"ranks": ranks} if distributed.world_size() > 1 else {}),
             },
         )
@@ -405,19 +441,16 @@ def train_model(
         forward = distributed.wrap(model)  # each epoch: gradual unfreezing may have changed the trainable set
         if unfreezer is not None:  # fine-tuning strategies: trainable set is a function of the epoch alone
             logging.getLogger(__name__).info("epoch %s: %s", epoch, unfreezer.apply(epoch))
-        seed = train_cfg.seed + epoch
-        if train_cfg.length_grouping:
-            batches = length_grouped_batches(
-                train_rows["length"], train_cfg.batch_size, train_cfg.mega_batch_factor, seed
-            )
-        else:
-            batches = random_batches(len(train_rows["input_ids"]), train_cfg.batch_size, seed)
+        batches = epoch_batches[epoch]
         first = start_batch if epoch == start_epoch else 0
         epoch_loss, seen = carried if epoch == start_epoch else (0.0, 0)
         epoch_started = time.perf_counter()
+        loop_rows = loop_tokens = 0  # this run's own training-loop speed (a resumed epoch counts its part)
         for position in range(first, len(batches)):
             idx, weight, rows_here = distributed.shard(batches[position])  # this rank's share of the batch
             batch = task.collate(_take(train_rows, idx), pad_token_id)
+            loop_rows += rows_here
+            loop_tokens += sum(train_rows["length"][i] for i in idx) if rows_here else 0
             loss = task.training_loss(forward, batch)
             (loss * weight if weight != 1.0 else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
@@ -432,7 +465,8 @@ def train_model(
                 break
             if every and step % every == 0 and position + 1 < len(batches):
                 checkpoint(epoch, position + 1, (epoch_loss, seen))
-        loss_sum, seen_sum = distributed.all_sum(epoch_loss, seen)
+        loop_seconds = time.perf_counter() - epoch_started
+        loss_sum, seen_sum, rows_sum, tokens_sum = distributed.all_sum(epoch_loss, seen, loop_rows, loop_tokens)
         reported: dict[str, float] | None = None
         if distributed.is_main():  # rank 0 validates; every rank takes its record (same early-stopping decisions)
             predictions = task.predict(model, val_rows, val_frame, train_cfg.eval_batch_size, pad_token_id)
@@ -445,6 +479,10 @@ def train_model(
                 **{f"val_{name}": float(scores[name]) for name in task.spec.metrics},
                 "learning_rate": finetuning.scheduled_lr(optimizer, train_cfg.learning_rate),  # fine-tuning strategies
                 "epoch_seconds": time.perf_counter() - epoch_started,
+                # the training loop alone (no validation): features and their real (unpadded) tokens per second
+                "train_loop_seconds": loop_seconds,
+                "train_samples_per_second": rows_sum / max(loop_seconds, 1e-9),
+                "train_tokens_per_second": tokens_sum / max(loop_seconds, 1e-9),
             }
         record = cast(dict[str, float], distributed.broadcast(reported))
         history.append(record)
@@ -489,4 +527,5 @@ def train_model(
         "learning_rates": finetuning.describe_groups(optimizer),
         "reinitialised": reinitialised,
         "processes": distributed.world_size(),
+        "threads": threads,
     }

@@ -283,10 +283,6 @@ def run_trial(ctx: dict[str, Any], slot: int) -> dict[str, Any]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by the summary
-    if ctx.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(ctx["threads"]))
     storage = open_storage(ctx["storage"])
     cfg = TuneConfig.model_validate(ctx["tune"])
     probe = optuna.load_study(study_name=ctx["study"], storage=storage)
@@ -353,6 +349,8 @@ def _objective(trial: Any, ctx: dict[str, Any], outcome: dict[str, Any]) -> floa
     out_dir = Path(ctx["work_dir"]) / f"trial-{trial.number}-{uuid.uuid4().hex[:8]}"
     try:
         train_cfg, model_cfg = apply_values(ctx["train"], ctx["model"], values)
+        if ctx.get("threads") and not train_cfg.num_threads:  # this worker's share of the host's cores
+            train_cfg = train_cfg.model_copy(update={"num_threads": int(ctx["threads"])})
         summary = train_model(
             Path(ctx["tokenised_dir"]),
             {int(k): v for k, v in ctx["id2label"].items()},
@@ -448,7 +446,9 @@ def trial_context(
     metric, direction = objective_metric(params)
     threads = params.train.num_threads
     if not threads and params.tune.workers > 1 and not params.orchestration.dask_address:
-        threads = max(1, (os.cpu_count() or 1) // params.tune.workers)  # local workers share this host's cores
+        from pipelines.cpu import usable_cores
+
+        threads = max(1, usable_cores() // params.tune.workers)  # local workers share this host's cores
     return {
         "study": name,
         "storage": storage,

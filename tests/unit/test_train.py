@@ -17,6 +17,7 @@ from pipelines.train import (
     random_batches,
     stratified_subset,
     train_model,
+    training_batches,
 )
 
 ID2LABEL = {0: "negative", 1: "positive"}
@@ -40,6 +41,30 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> No
     # Batch order is shuffled: the first batch is not always the longest one.
     firsts = {max(lengths[i] for i in length_grouped_batches(lengths, 16, 10, seed=s)[0]) for s in range(8)}
     assert len(firsts) > 1
+
+
+def test_token_budget_batches_hold_every_row_once_within_the_budget() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 200, size=2000).tolist()
+    batches = length_grouped_batches(lengths, batch_size=64, mega_batch_factor=20, seed=3, batch_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) * max(lengths[i] for i in b) <= 1000 or len(b) == 1
+    widths = {len(b): max(lengths[i] for i in b) for b in batches}
+    assert max(widths) > 4 * min(widths), "short rows make wide batches, long rows narrow ones"
+    assert batches == length_grouped_batches(lengths, 64, 20, seed=3, batch_tokens=1000)
+    # A row longer than the budget is a batch of its own; batch_size still caps the short rows.
+    small = length_grouped_batches([50, 2, 2, 2], batch_size=2, mega_batch_factor=10, seed=0, batch_tokens=10)
+    assert [0] in small and sorted(len(b) for b in small) == [1, 1, 2]
+
+
+def test_without_a_token_budget_batches_are_unchanged() -> None:
+    lengths = np.random.default_rng(1).integers(5, 60, size=300).tolist()
+    cfg = TrainConfig(batch_size=16, mega_batch_factor=5, seed=7)
+    assert training_batches(lengths, cfg, 1) == length_grouped_batches(lengths, 16, 5, seed=8)
+    # Mega-batches of 5 x 16 = 80 rows: 80, 80, 80, 60 -> eighteen batches of 16 and one of 12.
+    assert sorted(len(b) for b in training_batches(lengths, cfg, 2)) == [12] + [16] * 18
 
 
 def test_stratified_subset_keeps_class_shares() -> None:
@@ -122,6 +147,20 @@ def test_max_steps_and_max_train_rows_bound_a_quick_run(tokenised: Path, tiny_mo
     cfg = TrainConfig(epochs=3, batch_size=4, max_steps=5, max_train_rows=40)
     out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)
     assert out["steps"] == 5 and out["train_rows"] == 40 and out["epochs_run"] == 1
+
+
+def test_token_budget_training_schedules_over_the_batches_it_makes(
+    tokenised: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from pipelines.train import read_tokenised_split
+
+    cfg = TrainConfig(epochs=2, batch_size=64, batch_tokens=120, early_stopping_patience=0)
+    lengths = read_tokenised_split(tokenised / "train.parquet")["length"]
+    expected = [len(training_batches(lengths, cfg, epoch)) for epoch in (1, 2)]
+    assert 140 / 64 < expected[0] < 140 / 4, "the budget, not the row cap, sets the batch count"
+    out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)
+    assert out["steps"] == sum(expected)
+    assert out["history"][-1]["learning_rate"] == pytest.approx(0.0, abs=1e-12), "the decay ends on the last batch"
 
 
 def test_experiments_keep_their_own_stamps_and_checkpoints(tmp_path: Path) -> None:

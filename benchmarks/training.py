@@ -207,6 +207,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev_df = pd.read_csv(args.dev, sep="\t", quoting=3).head(args.dev_rows)
     task = get_task("text_classification")
     padded_task = PadToMaxLength(args.max_length)
+    threads_setting = args.threads
+    # The pipeline's thread choice (train.num_threads empty: the idle usable cores), made once here and given to
+    # both recipes and the GEMM bursts alike.
+    args.threads = threads = configure_threads(args.threads)
     ours_cfg = pipeline_config(args)
     glue_cfg = baseline_config(args)
     started = time.time()
@@ -218,7 +222,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours_batches = [b for e in range(1, args.epochs + 1) for b in training_batches(lengths, ours_cfg, e)]
         glue_batches = [b for e in range(1, args.epochs + 1) for b in training_batches(lengths, glue_cfg, e)]
         gemm_tokens = ours_cfg.batch_tokens or ours_cfg.batch_size * 16
-        threads = configure_threads(ours_cfg.num_threads)  # the same setting train_model makes, for the GEMMs
         gemm: list[float] = [gemm_gflops(gemm_tokens, dims["hidden"], dims["intermediate"])]
         half = max(1, args.baseline_steps // 2)
         log(f"run_glue recipe, padded to {args.max_length}: {half} steps (speed)")
@@ -267,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "baseline_steps_timed": 2 * half,
             "baseline_accuracy": args.baseline_accuracy,
             "gemm_tokens": gemm_tokens,
+            "threads": threads if threads_setting else f"{threads} (train.num_threads empty: picked at the start)",
         },
         "flop_count": {
             "per_real_token": flops_per_token,
@@ -308,10 +312,12 @@ def padding_equivalence(root: Path, model_path: Path, args: argparse.Namespace) 
 
 # ------------------------------------------------------------------------------------------------ levers
 
-# Each lever changes one thing from the pipeline's defaults; "train"/"model" entries are params, the others hooks.
+# Each lever changes one thing from the pipeline's defaults ("default": threads as `train.num_threads` empty picks
+# them at the start of the lever run); "train"/"model" entries are params, the others hooks.
 LEVERS: dict[str, dict[str, Any]] = {
     "default": {},
     "threads=1": {"train": {"num_threads": 1}},
+    "threads=2": {"train": {"num_threads": 2}},
     "rows=32 (no token budget)": {"train": {"batch_tokens": None, "batch_size": 32}},
     "tokens=512": {"train": {"batch_tokens": 512, "batch_size": 256}},
     "tokens=1024": {"train": {"batch_tokens": 1024, "batch_size": 256}},
@@ -354,14 +360,14 @@ class Hooked:
         return Task(get_task("text_classification").params)
 
 
-def lever_run(root: Path, model_path: Path, args: argparse.Namespace, lever: dict[str, Any], threads: int) -> dict:
+def lever_run(root: Path, model_path: Path, args: argparse.Namespace, lever: dict[str, Any]) -> dict:
     """`args.lever_steps` steps of the pipeline with one lever changed; per-step times from the loop's own
     progress calls (after each optimiser step), so steps 2.. are timed without model loading or the first step."""
     import torch
 
     from pipelines import finetuning, progress
 
-    train_kw = {"num_threads": threads, **lever.get("train", {}), "max_steps": args.lever_steps}
+    train_kw = {"num_threads": args.threads, **lever.get("train", {}), "max_steps": args.lever_steps}
     cfg = TrainConfig(**{**pipeline_config(args).model_dump(), **train_kw})
     stamps: list[float] = []
     original_step, original_build = progress.training_step, finetuning.build_optimizer
@@ -389,6 +395,7 @@ def lever_run(root: Path, model_path: Path, args: argparse.Namespace, lever: dic
         "real_tokens_per_second": sum(lengths[i] for b in batches[1:] for i in b) / seconds,
         "samples_per_second": sum(len(b) for b in batches[1:]) / seconds,
         "padded_tokens_per_second": padded_tokens(lengths, batches[1:]) / seconds,
+        "threads": record["threads"],
     }
 
 
@@ -409,13 +416,15 @@ def levers(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         prepare(root, train_df, dev_df, model_path, args.max_length)
         tokens = pipeline_config(args).batch_tokens or 1024
-        lever_run(root / "speed", model_path, args, {}, threads)  # warm-up: imports, allocator, first-call costs
+        lever_run(root / "speed", model_path, args, {})  # warm-up: imports, allocator, first-call costs
         for round_ in range(args.rounds):
             gemm.append(gemm_gflops(tokens, dims["hidden"], dims["intermediate"]))
             for name in names:
                 lever = LEVERS[name]
-                runs[name].append(lever_run(root / "speed", model_path, args, lever, threads))
-                log(f"round {round_ + 1}: {name:<34} {runs[name][-1]['real_tokens_per_second']:8.0f} real tok/s")
+                runs[name].append(lever_run(root / "speed", model_path, args, lever))
+                last = runs[name][-1]
+                log(f"round {round_ + 1}: {name:<34} {last['real_tokens_per_second']:8.0f} real tok/s, "
+                    f"{last['threads']} thread(s)")  # fmt: skip
     peak = statistics.median(gemm)
     table_rows = []
     for name in names:

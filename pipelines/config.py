@@ -180,6 +180,12 @@ class TrainConfig(Section):
     )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
     max_train_rows: int | None = Field(None, ge=1, description="Use a stratified subset of the training split.")
+    skip_unread_positions: bool = Field(
+        True,
+        description="In training, skip work whose output the loss never reads (text classification on BERT-style "
+        "models: the top layer computes only the first position, the one the head reads): the same loss and "
+        "gradients, ~14% less work for a 6-layer encoder. Evaluation and export always run the full model.",
+    )
     num_threads: int | None = Field(
         None,
         ge=1,

@@ -349,6 +349,7 @@ def train_model(
 
     model = task.build_model(model_path, id2label, model_cfg)
     freezing = apply_freezing(model, model_cfg)
+    fast_path = task.training_fast_path(model) if train_cfg.skip_unread_positions else None
     # --- fine-tuning strategies: re-initialised top layers, LLRD/head-LR groups, gradual unfreezing
     reinitialised = finetuning.reinit_top_layers(model, model_cfg.reinit_top_layers)
     optimizer = finetuning.build_optimizer(model, train_cfg)
@@ -528,4 +529,5 @@ def train_model(
         "reinitialised": reinitialised,
         "processes": distributed.world_size(),
         "threads": threads,
+        "fast_path": fast_path,
     }

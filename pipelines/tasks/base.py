@@ -139,6 +139,11 @@ class Task(ABC):
         labels (a task may compute it itself, e.g. with label smoothing)."""
         return model(**batch).loss
 
+    def training_fast_path(self, model: Any) -> str | None:
+        """Make the model skip, in training mode only, work whose output the loss never reads (same loss and
+        gradients); returns what was changed, or None. Default: nothing (every position feeds the loss)."""
+        return None
+
     # ------------------------------------------------------------------ predictions and metrics
 
     @abstractmethod

@@ -163,6 +163,48 @@ def test_token_budget_training_schedules_over_the_batches_it_makes(
     assert out["history"][-1]["learning_rate"] == pytest.approx(0.0, abs=1e-12), "the decay ends on the last batch"
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_first_token_top_layer_trains_like_the_full_layer(tiny_model_dir: Path, attention: str) -> None:
+    """The text-classification fast path (top layer at position 0 only) gives the full model's loss and gradients,
+    leaves the state dict alone and evaluates with the original layer."""
+    import torch
+
+    full = TASK.build_model(tiny_model_dir, ID2LABEL, ModelConfig(dropout=0.0))
+    fast = TASK.build_model(tiny_model_dir, ID2LABEL, ModelConfig(dropout=0.0))
+    fast.load_state_dict(full.state_dict())  # the same new head too
+    for model in (full, fast):
+        model.set_attn_implementation(attention)
+    assert TASK.training_fast_path(fast) is not None
+    assert list(fast.state_dict()) == list(full.state_dict())
+    padded = TASK.collate({"input_ids": [[2, 9, 12, 7, 3], [2, 8, 3], [2, 10, 11, 3]], "label": [0, 1, 1]}, 0)
+    unpadded = TASK.collate({"input_ids": [[2, 9, 12, 3], [2, 8, 14, 3]], "label": [1, 0]}, 0)
+    for batch in (padded, unpadded):
+        losses = []
+        for model in (full, fast):
+            model.train()
+            model.zero_grad()
+            loss = TASK.training_loss(model, batch)
+            loss.backward()
+            losses.append(float(loss.detach()))
+        assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+        for (name, a), b in zip(full.named_parameters(), fast.parameters(), strict=True):
+            assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    full.eval()
+    fast.eval()
+    with torch.no_grad():
+        assert torch.equal(full(**padded).logits, fast(**padded).logits)
+        assert fast.base_model(**{k: v for k, v in padded.items() if k != "labels"}).last_hidden_state.shape[1] == 5
+
+
+def test_fast_path_is_skipped_where_every_position_counts(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForTokenClassification
+
+    from pipelines.tasks.text_classification.first_token import first_token_top_layer
+
+    tokens = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    assert first_token_top_layer(tokens) is None
+
+
 def test_experiments_keep_their_own_stamps_and_checkpoints(tmp_path: Path) -> None:
     """Another artifacts dir (another experiment) gets its own flow stamps and checkpoint folder, and loading a
     checkpoint for one experiment never deletes the other's."""

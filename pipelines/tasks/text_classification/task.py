@@ -113,6 +113,11 @@ class TextClassification(Task):
             batch["labels"] = torch.as_tensor(rows["label"], dtype=torch.long)
         return batch
 
+    def training_fast_path(self, model: Any) -> str | None:
+        from pipelines.tasks.text_classification.first_token import first_token_top_layer
+
+        return first_token_top_layer(model)
+
     # ------------------------------------------------------------------ predictions and metrics
 
     def predict(

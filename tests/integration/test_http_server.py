@@ -195,7 +195,11 @@ def test_predict_health_and_model(server: Server) -> None:
         assert out["label"] in V1_LABELS.values() and set(out["scores"]) == set(V1_LABELS.values())
         assert abs(sum(out["scores"].values()) - 1) < 1e-6 and out["score"] == max(out["scores"].values())
     status, one = _http("POST", f"{server.url}/predict", {"inputs": [{"text": TEXTS[2]}]})
-    assert status == 200 and one["outputs"][0] == body["outputs"][2]  # an object item is the same text
+    # An object item is the same text. Not bit-equal: the served INT8 graph quantises activations per batch (its
+    # scale comes from the whole batch), so a text's scores move in the 5th decimal with its batch-mates.
+    assert status == 200 and one["outputs"][0]["label"] == body["outputs"][2]["label"]
+    for label, score in body["outputs"][2]["scores"].items():
+        assert one["outputs"][0]["scores"][label] == pytest.approx(score, abs=1e-3)
 
     status, health = _http("GET", f"{server.url}/health")
     assert status == 200 and health["status"] == "ok" and health["version"] == "1" and health["alias"] == "champion"

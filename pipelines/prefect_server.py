@@ -7,6 +7,9 @@ subprocess is launched before this process imports Prefect, and PREFECT_API_URL 
 server boots on one core while this process imports Prefect, MLflow and the stages' libraries on the other. The
 server dies with this process (at exit, and by the parent-death signal when this process is killed) and writes its
 output to `<PREFECT_HOME>/server.log`.
+
+A new PREFECT_HOME's database is not built migration by migration on the run's critical path (about 5 s of the
+first run of every new project): the server's bootstrap copies in the template of pipelines/db_templates.py.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,12 +26,29 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipelines import db_templates
 from pipelines.errors import ServiceError
 
 _SERVER = (
     "import runpy, sys; from pipelines.distributed import die_with_parent; die_with_parent(); "
+    "from pipelines.prefect_server import seed_database; seed_database(); "
     "sys.argv[0] = 'uvicorn'; runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)"
 )
+# Migrates an empty database to Prefect's head and registers its block types (what the server's start does).
+_BUILD_TEMPLATE = """
+import asyncio
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+async def main():
+    db = provide_database_interface()
+    await db.create_db()
+    session = await db.session()
+    async with session:
+        await run_block_auto_registration(session=session)
+        await session.commit()
+asyncio.run(main())
+"""
+_SEED_ENV = "NLPOPS_PREFECT_SEED_DB"
 _server: TemporaryServer | None = None
 
 
@@ -47,6 +68,9 @@ class TemporaryServer:
         command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--log-level", "error", "--lifespan", "on"]
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        database = default_database(home)
+        if database is not None and not database.exists():
+            env[_SEED_ENV] = str(database)
         repo = str(Path(__file__).resolve().parents[1])  # the bootstrap imports this checkout's pipelines package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         with self.log_path.open("w") as log:
@@ -85,6 +109,39 @@ class TemporaryServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def default_database(home: Path) -> Path | None:
+    """The SQLite file the server will use when nothing configures another database, else None."""
+    if any(os.environ.get(f"PREFECT_{part}_DATABASE_CONNECTION_URL") for part in ("API", "SERVER")):
+        return None
+    profiles = home / "profiles.toml"
+    try:
+        if profiles.is_file() and "DATABASE" in profiles.read_text(errors="replace"):
+            return None
+    except OSError:
+        return None
+    return home / "prefect.db"
+
+
+def build_template(template: Path) -> None:
+    """An empty database at Prefect's head with its block types (another process: Prefect reads its settings at
+    import)."""
+    work = template.with_name(f"{template.name}.home")
+    work.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(work), PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{template}")
+    try:
+        subprocess.run([sys.executable, "-c", _BUILD_TEMPLATE], env=env, check=True, capture_output=True, timeout=300)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def seed_database() -> None:
+    """In the server's bootstrap: the template where the new home's database will be."""
+    target = os.environ.pop(_SEED_ENV, "")
+    if target:
+        db_templates.seed(Path(target), "prefect", build_template)
 
 
 def _free_port() -> int:

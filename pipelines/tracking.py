@@ -74,7 +74,11 @@ def configure_tracking(params: Params) -> str:
 
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        from pipelines import db_templates
+
+        store = Path(uri.removeprefix("sqlite:///"))
+        store.parent.mkdir(parents=True, exist_ok=True)
+        db_templates.seed(store, "mlflow", db_templates.build_mlflow)
     # mlflow.set_*_uri also export MLFLOW_*_URI, so a registry URI this process set itself earlier (another
     # project, another test) must not be mistaken for the user's MLFLOW_REGISTRY_URI.
     global _registry_set_here

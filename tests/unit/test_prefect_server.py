@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import prefect_server
+from pipelines import db_templates, prefect_server
 from pipelines.errors import ServiceError
 
 
@@ -26,3 +26,39 @@ def test_nothing_is_started_when_an_api_url_is_set(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(prefect_server, "_server", None)
     assert prefect_server.start_early() is None
     prefect_server.wait_ready()  # nothing to wait for
+
+
+def test_a_new_home_gets_the_migrated_template_and_the_server_answers(tmp_path: Path) -> None:
+    import sqlite3
+
+    home = tmp_path / "home"
+    server = prefect_server.TemporaryServer(home)
+    try:
+        server.wait_ready(120)
+    finally:
+        server.stop()
+    template = db_templates.template_path("prefect")
+    assert template.is_file(), (home / "server.log").read_text()
+    head = "select version_num from alembic_version"
+    with sqlite3.connect(template) as a, sqlite3.connect(home / "prefect.db") as b:
+        assert a.execute(head).fetchall() == b.execute(head).fetchall() != []
+        assert b.execute("select count(*) from block_type").fetchone()[0] > 0
+    assert "database template" not in (home / "server.log").read_text()
+
+
+def test_a_configured_or_existing_database_is_never_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    assert prefect_server.default_database(home) == home / "prefect.db"
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://postgres@127.0.0.1/x")
+    assert prefect_server.default_database(home) is None
+    monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL")
+    (home / "profiles.toml").write_text(
+        '[profiles.x]\nPREFECT_SERVER_DATABASE_CONNECTION_URL = "sqlite+aiosqlite:///y"\n'
+    )
+    assert prefect_server.default_database(home) is None
+    (home / "profiles.toml").unlink()
+    (home / "prefect.db").write_bytes(b"kept")
+    monkeypatch.setenv(prefect_server._SEED_ENV, str(home / "prefect.db"))
+    prefect_server.seed_database()
+    assert (home / "prefect.db").read_bytes() == b"kept"

@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 # ../shared next to the checkout (/work/main) or next to the worktrees' folder (/work/wt/NAME).
 SST2 = (
     next(
-        (d for d in (HERE.parents[1].parent / "shared", HERE.parents[2] / "shared") if d.is_dir()),
-        HERE.parents[1].parent / "shared",
+        (d for d in (HERE.parents[1] / "shared", HERE.parents[2] / "shared") if d.is_dir()),
+        HERE.parents[1] / "shared",
     )
     / "data"
     / "sst2"

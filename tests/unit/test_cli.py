@@ -88,3 +88,35 @@ def test_every_verb_failure_reaches_the_shell_as_a_non_zero_exit(tmp_path: Path)
         if code == 2:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
+
+
+def test_the_console_script_runs_exit_handlers_then_skips_the_teardown(tmp_path: Path) -> None:
+    """entry(): thread exit hooks and atexit handlers run (servers stop, logs flush), output is flushed, the exit
+    code is main()'s; then the process ends without the interpreter's teardown (NLPOPS_SLOW_EXIT=1 keeps it)."""
+    marker = tmp_path / "handlers.txt"
+    script = (
+        "import atexit, sys, threading; from pipelines import cli\n"
+        f"log = lambda what: open({str(marker)!r}, 'a').write(what + '\\n')\n"
+        "threading._register_atexit(lambda: log('thread-hook'))\n"
+        "atexit.register(lambda: log('atexit'))\n"
+        "sys.argv = ['nlpops', *sys.argv[1:]]\n"
+        "cli.entry()\n"
+        "log('not reached')\n"
+    )
+    for env_extra, args, code in (
+        ({}, ["--help"], 0),
+        ({}, ["validate", "--params", str(tmp_path / "missing.yaml")], 2),
+        ({"NLPOPS_SLOW_EXIT": "1"}, ["validate", "--params", str(tmp_path / "missing.yaml")], 2),
+    ):
+        marker.unlink(missing_ok=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            cwd=tmp_path,
+            env=clean_env(**env_extra),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == code, done.stderr
+        assert marker.read_text().splitlines() == ["thread-hook", "atexit"]
+        assert ("Usage" in done.stdout) if code == 0 else ("error:" in done.stderr and "missing.yaml" in done.stderr)

@@ -113,7 +113,7 @@ def test_shipped_experiments_are_valid() -> None:
     from pipelines.config import available_experiments
 
     names = available_experiments(REPO / "params.yaml")
-    assert {"sst2", "rte", "agnews", "conll"} <= set(names)
+    assert {"sst2", "sst2-budget", "rte", "agnews", "conll"} <= set(names)
     for name in names:
         load_params(REPO / "params.yaml", [], name)
 

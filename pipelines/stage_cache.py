@@ -21,12 +21,19 @@ def stamp_path(params: Params, stage: str) -> Path:
     return StagePaths.from_params(params).stamps_dir / f"{stage}.json"
 
 
+def read_stamp(params: Params, stage: str) -> dict[str, Any] | None:
+    """The stage's stamp ({"fingerprint", "summary"}), or None when it has none."""
+    stamp = stamp_path(params, stage)
+    return json.loads(stamp.read_text()) if stamp.is_file() else None
+
+
+def _stamp_matches(params: Params, stage: str, fingerprint: str, stamp: dict[str, Any] | None) -> bool:
+    return stamp is not None and stamp.get("fingerprint") == fingerprint and stage_outputs_exist(params, stage)
+
+
 def outputs_current(params: Params, stage: str, fingerprint: str) -> bool:
     """True when the outputs on disk were produced by a run with this exact fingerprint."""
-    stamp = stamp_path(params, stage)
-    if not stage_outputs_exist(params, stage) or not stamp.is_file():
-        return False
-    return json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+    return _stamp_matches(params, stage, fingerprint, read_stamp(params, stage))
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,10 +47,11 @@ def _jsonable(value: Any) -> Any:
 
 def stamp_summary(params: Params, stage: str) -> dict[str, Any] | None:
     """The summary the stage returned when it produced the outputs on disk (kept in its stamp), or None."""
-    stamp = stamp_path(params, stage)
-    if not stamp.is_file():
-        return None
-    summary = json.loads(stamp.read_text()).get("summary")
+    return _summary_of(read_stamp(params, stage))
+
+
+def _summary_of(stamp: dict[str, Any] | None) -> dict[str, Any] | None:
+    summary = (stamp or {}).get("summary")
     return summary if isinstance(summary, dict) else None
 
 
@@ -74,12 +82,8 @@ def syncs_dvc_lock(
 
 
 def _stage_fingerprints(params: Params) -> dict[str, str]:
-    stamps = StagePaths.from_params(params).stamps_dir
-    return {
-        stage: json.loads((stamps / f"{stage}.json").read_text()).get("fingerprint", "")
-        for stage in STAGE_ORDER
-        if (stamps / f"{stage}.json").is_file()
-    }
+    stamps = {stage: read_stamp(params, stage) for stage in STAGE_ORDER}
+    return {stage: stamp.get("fingerprint", "") for stage, stamp in stamps.items() if stamp is not None}
 
 
 def dvc_lock_current(params: Params) -> bool:
@@ -124,22 +128,24 @@ def up_to_date(params: Params) -> dict[str, Any] | None:
     current MLflow store, and the champion the gate compares with.
     """
     from pipelines.registry import alias_version
+    from pipelines.stores import run_exists
 
     results: dict[str, Any] = {}
     fingerprints: dict[str, str] = {}
     for stage in STAGE_ORDER:
-        summary = stamp_summary(params, stage)
+        stamp = read_stamp(params, stage)
+        summary = _summary_of(stamp)
         if summary is None:
             return None
         champion = None
         if stage == "evaluate":
-            if not _run_on_store(results["train"].get("run_id")):
+            if not run_exists(results["train"].get("run_id")):  # the flow's check: else it re-logs the training
                 return None
             version = alias_version(params.project.registered_model, params.register_.champion_alias)
             if version is not None and version.run_id != results["train"]["run_id"]:
                 champion = str(version.version)
         fingerprint = stage_fingerprint(params, stage, fingerprint_extra(stage, results, champion))
-        if not outputs_current(params, stage, fingerprint):
+        if not _stamp_matches(params, stage, fingerprint, stamp):
             return None
         results[stage], fingerprints[stage] = summary, fingerprint
     return {"states": dict.fromkeys(STAGE_ORDER, "Cached"), "results": results, "fingerprints": fingerprints}
@@ -151,15 +157,3 @@ def cache_reason(stage: str, fingerprint: str) -> str:
 
     params = ", ".join(STAGES[stage].params)
     return f"params ({params}), inputs and code unchanged since its last run (fingerprint {fingerprint[:12]})"
-
-
-def _run_on_store(run_id: str | None) -> bool:
-    import mlflow
-
-    if not run_id:
-        return False
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return False
-    return True

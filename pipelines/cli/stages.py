@@ -98,10 +98,15 @@ def run_flow(
         if busy:
             result = {"skipped": True, "reason": busy}
         else:
+            from pipelines.paths import StagePaths
             from pipelines.tracking import configure_tracking
 
-            # Nothing to run (every stage's outputs current): the flow's result without starting Prefect.
-            current = None if if_changed else _current_run(params, params_file, overrides, experiment)
+            # Nothing to run (every stage's outputs current): the flow's result without starting Prefect. A first
+            # run (no stamps) need not look, nor open the store before the server is launched.
+            look = not if_changed and any(StagePaths.from_params(params).stamps_dir.glob("*.json"))
+            if look:
+                configure_tracking(params)
+            current = _current_run(params, params_file, overrides, experiment) if look else None
             if current is not None:
                 result = current
             else:
@@ -110,7 +115,8 @@ def run_flow(
                 prefect_server.start_early()
                 from flows.retrain import retrain
 
-                configure_tracking(params)
+                if not look:  # else configured above
+                    configure_tracking(params)
                 prefect_server.wait_ready()
                 result = retrain(  # type: ignore[assignment]
                     params_file=params_file,
@@ -132,15 +138,11 @@ def run_flow(
 def _current_run(
     params: Params, params_file: str, overrides: list[str] | None, experiment: str | None
 ) -> dict[str, Any] | None:
-    """Every stage current (pipelines.stage_cache.up_to_date): say so per stage, keep dvc.lock in step; else None."""
+    """Every stage current (pipelines.stage_cache.up_to_date; tracking configured): say so per stage, keep dvc.lock
+    in step; else None."""
     from pipelines import progress
-    from pipelines.paths import StagePaths
     from pipelines.stage_cache import cache_reason, keep_dvc_lock_in_step, syncs_dvc_lock, up_to_date
-    from pipelines.tracking import configure_tracking
 
-    if not any(StagePaths.from_params(params).stamps_dir.glob("*.json")):
-        return None  # a first run: no need to look
-    configure_tracking(params)
     current = up_to_date(params)
     if current is None:
         return None

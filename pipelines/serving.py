@@ -59,17 +59,23 @@ def encode(tokenizer: Any, texts: list[str], text_pairs: list[str] | None, max_l
     """
     import numpy as np
 
-    enc = tokenizer(
+    enc = _tokenise(tokenizer, texts, text_pairs, max_length, input_names, padding="longest", return_tensors="np")
+    return {name: np.asarray(enc[name], dtype=np.int64) for name in input_names}
+
+
+def _tokenise(
+    tokenizer: Any, texts: list[str], text_pairs: list[str] | None, max_length: int, input_names: list[str], **how: Any
+) -> Any:
+    """The tokenizer call of `encode` and `tokenise_rows`: truncation as in training, the graph's inputs."""
+    return tokenizer(
         list(texts),
         list(text_pairs) if text_pairs is not None else None,
         truncation="longest_first",
         max_length=max_length,
-        padding="longest",
         return_attention_mask=True,
         return_token_type_ids="token_type_ids" in input_names,
-        return_tensors="np",
+        **how,
     )
-    return {name: np.asarray(enc[name], dtype=np.int64) for name in input_names}
 
 
 def tokenise_rows(
@@ -77,15 +83,7 @@ def tokenise_rows(
 ) -> dict[str, list[list[int]]]:
     """`encode` without the padding: per graph input, one token list per row; `pad_rows` pads any batch of them
     later (the whole input is tokenised once, then batched by length)."""
-    enc = tokenizer(
-        list(texts),
-        list(text_pairs) if text_pairs is not None else None,
-        truncation="longest_first",
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=True,
-        return_token_type_ids="token_type_ids" in input_names,
-    )
+    enc = _tokenise(tokenizer, texts, text_pairs, max_length, input_names, padding=False)
     return {name: list(enc[name]) for name in input_names}
 
 

@@ -220,3 +220,16 @@ def _forget_the_cli_output_choice():
     yield
     for name in ("NLPOPS_QUIET", "NLPOPS_LOG_FORMAT"):
         os.environ.pop(name, None)
+
+
+@pytest.fixture
+def mlflow_uris_restored(monkeypatch: pytest.MonkeyPatch):
+    """No MLFLOW_* URI or experiment from the environment (or an earlier test) on the way in; MLflow's tracking and
+    registry URIs reset on the way out (configure_tracking sets them process-wide)."""
+    import mlflow
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

@@ -15,15 +15,7 @@ from pipelines.config import load_params
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uris(monkeypatch: pytest.MonkeyPatch):
-    import mlflow
-
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+pytestmark = pytest.mark.usefixtures("mlflow_uris_restored")
 
 
 def test_a_new_store_is_the_template_with_this_projects_experiments(tmp_path: Path, monkeypatch) -> None:

@@ -9,8 +9,8 @@ in three common cases:
   time-sliced onto 2 cores, each op waiting for its slowest, descheduled thread;
 - cores busy with other work (a shared CI runner, other jobs on the node): each of the ~1,500 parallel ops of a
   training step ends at a barrier, and a thread that lost its core to another process holds up the others for
-  a scheduler time slice. Measured on 2 cores with other jobs running (benchmarks/results/training_levers.json):
-  1 thread trained 2.7x faster than 2.
+  a scheduler time slice. Measured on 2 cores with other jobs running (`benchmarks/training.py --levers`,
+  benchmarks/README.md): 1 thread trained 2.7x faster than 2.
 
 `usable_cores` counts physical cores within the affinity mask and the cgroup quota; `idle_cores` how many of
 them were idle over a quarter of a second; `configure_threads` takes the smaller, within OMP_NUM_THREADS when

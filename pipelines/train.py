@@ -346,6 +346,7 @@ def train_model(
         import pandas as pd
 
         val_frame = pd.read_parquet(Path(tokenised_dir).parent / "clean" / "validation.parquet")
+    val_frame.attrs["split"] = "validation"  # as tokenise marks its splits: a task may score validation apart
 
     model = task.build_model(model_path, id2label, model_cfg)
     freezing = apply_freezing(model, model_cfg)

@@ -16,8 +16,7 @@ import pytest
 import yaml
 from conftest import clean_env, copy_repo, git
 
-# Slow until the QA recipe meets its quality target (issue 11): `make test-all` runs it.
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "e2e-qa"

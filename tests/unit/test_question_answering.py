@@ -443,6 +443,13 @@ def test_task_predict_score_and_tuned_threshold_on_tiny_model(tmp_path: Path, ti
     assert model.config.nlpops_null_threshold == scores["best_f1_thresh"]  # tuned and stored on the config
     again = task.predict(model, rows, frame, batch_size=4, pad_token_id=tokenizer.pad_token_id)
     assert task.score(again, frame, {})["f1"] == pytest.approx(scores["best_f1"])
+    validation = frame.copy()
+    validation.attrs["split"] = "validation"  # the training loop's validation: scored at the threshold it tunes
+    model.config.nlpops_null_threshold = 1e9  # a stale threshold: every question answered
+    stale = task.predict(model, rows, validation, batch_size=4, pad_token_id=tokenizer.pad_token_id)
+    tuned = task.score(stale, validation, {})
+    assert tuned["f1"] == pytest.approx(tuned["best_f1"]) and tuned["null_threshold"] == tuned["best_f1_thresh"]
+    assert model.config.nlpops_null_threshold == tuned["best_f1_thresh"]
     slices, _membership, _ = task.slices(again, frame, rows, {})
     assert {"answerable=yes", "answerable=no", "question=what"} <= set(slices)
     assert slices["answerable=no"]["rows"] == 2
@@ -592,6 +599,12 @@ def test_training_windows_without_the_answer_are_down_sampled_only_in_train(tmp_
     none = drop_negative_windows(rows, [True, False, True], keep=0.0)
     assert none["x"] == [1, 3, 4]  # the answer window and the unanswerable question's windows
     assert drop_negative_windows(rows, [True, False, True], keep=1.0) == rows
+    no_unanswerable = drop_negative_windows(rows, [True, False, True], keep=1.0, keep_unanswerable=0.0)
+    assert no_unanswerable["x"] == [0, 1, 2, 5]  # question 1 (unanswerable) goes whole: both of its windows
+    many = {"example_id": [e for e in range(200) for _ in range(2)], "start_positions": [0] * 400}
+    half = drop_negative_windows(many, [False] * 200, keep=1.0, keep_unanswerable=0.5)
+    kept = half["example_id"]
+    assert 60 < len(set(kept)) < 140 and all(kept.count(e) == 2 for e in set(kept))  # whole questions, about half
     tokenizer = build_tokenizer(tmp_path / "tok")
     params = make_params(
         tmp_path, tmp_path / "x.json", task={"max_length": 32, "doc_stride": 8, "train_negative_windows": 0.0}

@@ -46,6 +46,14 @@ class Options(TaskOptions):
         description="Share of the training windows of answerable questions that do not hold the answer kept "
         "(seeded); below 1 counters a small model's collapse to 'no answer'. Validation/test keep every window.",
     )
+    train_unanswerable: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the unanswerable training questions kept (seeded, whole questions: all their windows "
+        "or none); below 1 lowers the 'no answer' prior and the cost of an epoch. The null threshold tuned on the "
+        "validation split (every question kept) re-balances the decision. Validation/test keep every question.",
+    )
     answer_search_window: int = Field(
         8, ge=0, description="Clean: an answer_start off by at most this many characters is moved to the answer."
     )

@@ -49,15 +49,20 @@ def gold_spans(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
     return out
 
 
-def drop_negative_windows(rows: dict[str, list], answerable: list[bool], keep: float, seed: int = 0) -> dict[str, list]:
+def drop_negative_windows(
+    rows: dict[str, list], answerable: list[bool], keep: float, seed: int = 0, keep_unanswerable: float = 1.0
+) -> dict[str, list]:
     """Training windows without: those of answerable questions that do not hold the answer (labelled CLS) are kept
-    with probability `keep` (seeded); answer windows and every window of an unanswerable question stay."""
+    with probability `keep`, and the unanswerable questions with probability `keep_unanswerable` (a draw per
+    question: all of its windows or none); both seeded. Answer windows always stay."""
     rng = np.random.default_rng(seed)
     draws = rng.random(len(rows["example_id"]))
+    question_draws = np.random.default_rng(seed + 1).random(len(answerable))
     kept = [
         i
         for i, (e, s) in enumerate(zip(rows["example_id"], rows["start_positions"], strict=True))
-        if s != 0 or not answerable[e] or draws[i] < keep
+        if (answerable[e] and (s != 0 or draws[i] < keep))
+        or (not answerable[e] and question_draws[e] < keep_unanswerable)
     ]
     return {k: [v[i] for i in kept] for k, v in rows.items()}
 
@@ -104,9 +109,10 @@ class QuestionAnswering(Task):
         answer's token positions, CLS (0) in windows without it."""
         labels = "answer_texts" in frame.columns
         rows = self.windows(tokenizer, frame, labels, cfg.batch_size)
-        keep = self.options.train_negative_windows
-        if labels and keep < 1.0 and frame.attrs.get("split") == "train":
-            rows = drop_negative_windows(rows, [bool(len(t)) for t in frame["answer_texts"]], keep)
+        keep, keep_unanswerable = self.options.train_negative_windows, self.options.train_unanswerable
+        if labels and min(keep, keep_unanswerable) < 1.0 and frame.attrs.get("split") == "train":
+            answerable = [bool(len(t)) for t in frame["answer_texts"]]
+            rows = drop_negative_windows(rows, answerable, keep, keep_unanswerable=keep_unanswerable)
         return rows
 
     def feature_types(self) -> dict[str, Any]:
@@ -209,12 +215,23 @@ class QuestionAnswering(Task):
         scores["null_threshold"] = threshold
         scores["null_threshold_source"] = "params" if self.options.null_score_diff_threshold is not None else "tuned"
         config = extra.get("model_config")
-        if (
+        tuned = (
             config is not None
             and self.options.null_score_diff_threshold is None
             and math.isfinite(scores["best_f1_thresh"])
-        ):
+        )
+        if tuned:
             setattr(config, THRESHOLD_ATTR, float(scores["best_f1_thresh"]))
+        if tuned and spans is not None and diffs is not None and frame.attrs.get("split") == "validation":
+            # the training loop's validation: score the answers at the threshold just tuned, the one the epoch's
+            # checkpoint carries, so epoch selection compares what each checkpoint would answer
+            threshold = float(scores["best_f1_thresh"])
+            at_tuned = [
+                "" if not text or float(d) > threshold else str(text) for text, d in zip(spans, diffs, strict=True)
+            ]
+            best_f1, best_thresh = scores["best_f1"], scores["best_f1_thresh"]
+            scores = {**scores, **squad_v2_scores(golds, at_tuned), "best_f1": best_f1, "best_f1_thresh": best_thresh}
+            scores["null_threshold"] = threshold
         scores["rows"] = len(frame)
         return scores
 

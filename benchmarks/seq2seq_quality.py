@@ -60,6 +60,12 @@ def main() -> None:
     ap.add_argument("--val-beams", type=int, default=1, help="Beam width of the per-epoch validation generation.")
     ap.add_argument("--speed-rows", type=int, default=48, help="Dev sources timed for torch vs ONNX generation.")
     ap.add_argument("--tie", action="store_true", help="Share the encoder's weights with the decoder.")
+    ap.add_argument(
+        "--cross-attention-init",
+        choices=("random", "self_attention"),
+        default="random",
+        help="task.cross_attention_init: new cross-attention random, or copied from each layer's self-attention.",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -86,6 +92,7 @@ def main() -> None:
                 "label_smoothing": args.label_smoothing,
                 "validation_generate_rows": args.val_rows,
                 "tie_encoder_decoder": args.tie,
+                "cross_attention_init": args.cross_attention_init,
                 "generate": {
                     "num_beams": args.beams,
                     "max_new_tokens": args.max_new_tokens,
@@ -227,7 +234,9 @@ def main() -> None:
     report = {
         "data": {"train": str(args.data_dir / "train.jsonl"), "test": str(args.data_dir / "dev.jsonl")},
         "splits": summary["splits"],
-        "model": "BERT2BERT warm-started from the bundled all-MiniLM-L6-v2" + (" (tied)" if args.tie else ""),
+        "model": "BERT2BERT warm-started from the bundled all-MiniLM-L6-v2"
+        + (" (tied)" if args.tie else "")
+        + (", cross-attention copied from self-attention" if args.cross_attention_init == "self_attention" else ""),
         "generation": settings.to_dict(),
         "lowercased_scoring": bool(test["lowercased"]),
         "test_rows": test["rows"],

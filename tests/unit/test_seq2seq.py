@@ -424,6 +424,20 @@ def test_tied_encoder_decoder_weights_survive_save_and_load(encoder_dir: Path, t
     assert torch.allclose(a, b)
 
 
+def test_cross_attention_can_start_as_a_copy_of_self_attention(encoder_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    params = make_params(tmp_path, model={"path": str(encoder_dir)}, task={"cross_attention_init": "self_attention"})
+    model = _task(params).build_model(encoder_dir, {}, params.model)
+    for layer in model.decoder.bert.encoder.layer:
+        own, cross = layer.attention.state_dict(), layer.crossattention.state_dict()
+        assert all(torch.equal(own[k], cross[k]) for k in own)
+        assert layer.crossattention.self.query.weight is not layer.attention.self.query.weight  # copies, not shared
+    random = _task(make_params(tmp_path, model={"path": str(encoder_dir)})).build_model(encoder_dir, {}, params.model)
+    layer = random.decoder.bert.encoder.layer[0]
+    assert not torch.equal(layer.attention.self.query.weight, layer.crossattention.self.query.weight)
+
+
 def test_training_loss_with_label_smoothing_and_predict_on_a_sample(bert2bert, tmp_path: Path) -> None:
     from pipelines.config import TokeniseConfig
 

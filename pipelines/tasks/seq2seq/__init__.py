@@ -59,6 +59,12 @@ class Options(TaskOptions):
     tie_encoder_decoder: bool = Field(
         False, description="BERT2BERT warm start: share the encoder's weights with the decoder (cross-attention new)."
     )
+    cross_attention_init: Literal["random", "self_attention"] = Field(
+        "random",
+        description="BERT2BERT warm start: the decoder's new cross-attention layers start random (the BERT2BERT "
+        "recipe) or as copies of the same layer's pre-trained self-attention (its query/key/value projections "
+        "already match related tokens, so the decoder can look at the source from the first step).",
+    )
     max_copy_share: float = Field(
         0.5, ge=0.0, le=1.0, description="Validation: largest share of rows whose target equals the source."
     )

@@ -148,8 +148,9 @@ def set_generation(model: Any, settings: GenerationSettings) -> None:
 _DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def warm_start(model_path: Path, dropout: float, tie: bool) -> Any:
-    """BERT2BERT from one encoder checkpoint: encoder + causal decoder with new cross-attention."""
+def warm_start(model_path: Path, dropout: float, tie: bool, cross_attention_init: str = "random") -> Any:
+    """BERT2BERT from one encoder checkpoint: encoder + causal decoder with new cross-attention (random, or copied
+    from each layer's self-attention with `cross_attention_init="self_attention"`)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, EncoderDecoderModel
 
     def config(decoder: bool) -> Any:
@@ -176,9 +177,32 @@ def warm_start(model_path: Path, dropout: float, tie: bool) -> Any:
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); set model.path to a seq2seq model "
             "folder (T5, BART, ...) or to a BERT-like encoder"
         ) from None
+    if cross_attention_init == "self_attention":
+        copy_self_to_cross_attention(model.decoder)
     if tie:
         tie_encoder_decoder(model)
     return model
+
+
+def copy_self_to_cross_attention(decoder: Any) -> int:
+    """Every decoder layer with a `crossattention` module of the same class and shapes as its `attention` (BERT,
+    RoBERTa, ELECTRA... layers) gets a copy of the self-attention weights there (copies, not shared: they train
+    apart). Returns how many layers were set; a model without such layers is left as it is."""
+    import torch
+
+    done = 0
+    for module in decoder.modules():
+        cross, own = getattr(module, "crossattention", None), getattr(module, "attention", None)
+        if cross is None or own is None or type(cross) is not type(own):
+            continue
+        source = own.state_dict()
+        target = cross.state_dict()
+        if source.keys() != target.keys() or any(source[k].shape != target[k].shape for k in source):
+            continue
+        with torch.no_grad():
+            cross.load_state_dict({k: v.detach().clone() for k, v in source.items()})
+        done += 1
+    return done
 
 
 def tie_encoder_decoder(model: Any) -> int:

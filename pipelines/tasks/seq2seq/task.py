@@ -211,7 +211,9 @@ class Seq2Seq(Task):
         if is_seq2seq_folder(model_path):
             model = load_pretrained_model(model_path, self, {}, model_cfg)
         else:
-            model = warm_start(model_path, model_cfg.dropout, self.options.tie_encoder_decoder)
+            model = warm_start(
+                model_path, model_cfg.dropout, self.options.tie_encoder_decoder, self.options.cross_attention_init
+            )
         set_generation(model, self.settings_for(special))
         return model
 

@@ -99,7 +99,12 @@ def main() -> None:
         "epochs_run": train.get("epochs_run"),
         "best_epoch": train.get("best_epoch"),
         "history": train.get("history"),
-        "threshold": metrics.get("best_f1_thresh", metrics.get("null_threshold")),
+        # the threshold the model answered with (tuned on validation, shipped in serving.json); best_f1_thresh in
+        # metrics.json is the official script's diagnostic on the test split itself, not used for the answers
+        "threshold": json.loads((artifacts / "export" / "serving.json").read_text()).get("null_score_diff_threshold")
+        if (artifacts / "export" / "serving.json").is_file()
+        else None,
+        "test_best_f1_thresh": metrics.get("best_f1_thresh"),
         "model": {k: round(100 * float(metrics[k]), 2) for k in keys if k in metrics},
         "always_no_answer": {k: round(100 * baseline[k], 2) for k in keys},
         "experiment": args.experiment,

@@ -80,6 +80,7 @@ def main() -> None:
     if not metrics_path.exists():
         raise SystemExit(f"nlpops run exited {proc.returncode} without {metrics_path}")
     metrics = json.loads(metrics_path.read_text())
+    serving = artifacts / "export" / "serving.json"
     train = json.loads((artifacts / "train" / "summary.json").read_text())
     test_golds = [
         [a["text"] for a in q.get("answers", [])] if not q.get("is_impossible") else []
@@ -101,9 +102,7 @@ def main() -> None:
         "history": train.get("history"),
         # the threshold the model answered with (tuned on validation, shipped in serving.json); best_f1_thresh in
         # metrics.json is the official script's diagnostic on the test split itself, not used for the answers
-        "threshold": json.loads((artifacts / "export" / "serving.json").read_text()).get("null_score_diff_threshold")
-        if (artifacts / "export" / "serving.json").is_file()
-        else None,
+        "threshold": json.loads(serving.read_text()).get("null_score_diff_threshold") if serving.is_file() else None,
         "test_best_f1_thresh": metrics.get("best_f1_thresh"),
         "model": {k: round(100 * float(metrics[k]), 2) for k in keys if k in metrics},
         "always_no_answer": {k: round(100 * baseline[k], 2) for k in keys},

@@ -227,7 +227,8 @@ class QuestionAnswering(Task):
             # checkpoint carries, so epoch selection compares what each checkpoint would answer
             threshold = float(scores["best_f1_thresh"])
             at_tuned = [
-                "" if not text or float(d) > threshold else str(text) for text, d in zip(spans, diffs, strict=True)
+                final_answer({"text": text, "score_diff": float(d)}, threshold)
+                for text, d in zip(spans, diffs, strict=True)
             ]
             best_f1, best_thresh = scores["best_f1"], scores["best_f1_thresh"]
             scores = {**scores, **squad_v2_scores(golds, at_tuned), "best_f1": best_f1, "best_f1_thresh": best_thresh}

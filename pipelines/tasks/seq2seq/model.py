@@ -188,19 +188,15 @@ def copy_self_to_cross_attention(decoder: Any) -> int:
     """Every decoder layer with a `crossattention` module of the same class and shapes as its `attention` (BERT,
     RoBERTa, ELECTRA... layers) gets a copy of the self-attention weights there (copies, not shared: they train
     apart). Returns how many layers were set; a model without such layers is left as it is."""
-    import torch
-
     done = 0
     for module in decoder.modules():
         cross, own = getattr(module, "crossattention", None), getattr(module, "attention", None)
         if cross is None or own is None or type(cross) is not type(own):
             continue
-        source = own.state_dict()
-        target = cross.state_dict()
+        source, target = own.state_dict(), cross.state_dict()
         if source.keys() != target.keys() or any(source[k].shape != target[k].shape for k in source):
             continue
-        with torch.no_grad():
-            cross.load_state_dict({k: v.detach().clone() for k, v in source.items()})
+        cross.load_state_dict(source)  # copies the values into cross's own parameters
         done += 1
     return done
 

@@ -291,31 +291,43 @@ SETTINGS = [
     {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 2},
     {"num_beams": 3, "max_new_tokens": 8, "no_repeat_ngram_size": 0, "length_penalty": 1.0},
     {"num_beams": 4, "max_new_tokens": 7, "no_repeat_ngram_size": 2, "length_penalty": 0.6, "early_stopping": True},
+    {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 2, "source_bias": 4.0},
+    {"num_beams": 3, "max_new_tokens": 8, "no_repeat_ngram_size": 2, "source_bias": 4.0},
 ]
 
 
-@pytest.mark.parametrize("options", SETTINGS, ids=["greedy", "greedy-ngram", "beam3", "beam4-ngram-lp-early"])
+@pytest.mark.parametrize(
+    "options",
+    SETTINGS,
+    ids=["greedy", "greedy-ngram", "beam3", "beam4-ngram-lp-early", "greedy-source-bias", "beam3-source-bias"],
+)
 def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> None:
     """The loop the ONNX runtime runs gives torch's token ids exactly, greedy and beam (float32 throughout)."""
     import torch
 
     from pipelines.tasks.seq2seq.generation import generate, trim
-    from pipelines.tasks.seq2seq.model import torch_generation_config
+    from pipelines.tasks.seq2seq.model import torch_generate
 
     task, model, tok = bert2bert
     settings = dataclasses.replace(task.settings_for(task.special_tokens()), **options)
     enc = tok(SOURCES, padding="longest", return_tensors="np", return_token_type_ids=False)
     ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
     with torch.inference_mode():
-        expected = model.generate(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
-            generation_config=torch_generation_config(settings),
-        )
+        expected = torch_generate(model, torch.from_numpy(ids), torch.from_numpy(mask), settings)
     expected_ids = [trim(row, settings.eos_token_ids) for row in expected.tolist()]
     first, step = _torch_fns(model, ids, mask, settings.decoder_start_token_id)
-    got = generate(first, step, mask, settings)
+    got = generate(first, step, mask, settings, ids)
     assert got.sequences == expected_ids
+    if settings.source_bias:  # the bias pulls the random model's outputs onto each row's own source tokens
+        unbiased = generate(first, step, mask, dataclasses.replace(settings, source_bias=0.0))
+        special = {settings.decoder_start_token_id, *settings.eos_token_ids, settings.pad_token_id}
+
+        def from_source(sequences: list[list[int]]) -> float:
+            sources = [set(row[m == 1].tolist()) for row, m in zip(ids, mask, strict=True)]
+            hits = [t in src for src, seq in zip(sources, sequences, strict=True) for t in seq if t not in special]
+            return sum(hits) / max(len(hits), 1)
+
+        assert from_source(got.sequences) > from_source(unbiased.sequences)
     assert len({tuple(s) for s in got.sequences}) > 2, got.sequences  # the random model does depend on its input
     if options["max_new_tokens"] >= 8:
         assert any(len(s) < settings.max_length for s in got.sequences)  # some stop at EOS before the limit
@@ -326,7 +338,13 @@ def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> No
 
 
 def test_generation_helpers() -> None:
-    from pipelines.tasks.seq2seq.generation import GenerationSettings, banned_ngram_tokens, process_scores, trim
+    from pipelines.tasks.seq2seq.generation import (
+        GenerationSettings,
+        banned_ngram_tokens,
+        process_scores,
+        source_bias_rows,
+        trim,
+    )
 
     assert (
         trim([2, 5, 3, 0, 0], [3]) == [2, 5, 3]
@@ -341,6 +359,19 @@ def test_generation_helpers() -> None:
     last = process_scores(np.asarray([[2, 5, 6]]), np.zeros((1, 10), dtype=np.float32), s)
     assert last.argmax() == 3 and np.isinf(last).sum() == 9
     assert GenerationSettings.from_dict(s.to_dict()) == s
+    # the source-token bias: each row's real source tokens, the start/EOS/pad tokens excepted
+    biased = GenerationSettings(2, (3,), 0, source_bias=1.5)
+    rows = source_bias_rows(
+        np.asarray([[2, 5, 6, 3], [2, 7, 3, 0]]), np.asarray([[1, 1, 1, 1], [1, 1, 1, 0]]), 10, biased
+    )
+    assert rows.dtype == np.float32 and rows.shape == (2, 10)
+    assert np.nonzero(rows[0])[0].tolist() == [5, 6] and np.nonzero(rows[1])[0].tolist() == [7]
+    assert rows.max() == np.float32(1.5) and source_bias_rows(None, np.ones((1, 1)), 10, s) is None
+    with pytest.raises(ValueError, match="token ids"):
+        source_bias_rows(None, np.ones((1, 1)), 10, biased)
+    scored = process_scores(np.asarray([[2], [2]]), np.zeros((2, 10), dtype=np.float32), biased, rows)
+    assert scored[0].argmax() == 5 and scored[1].argmax() == 7
+    assert GenerationSettings.from_dict(biased.to_dict()) == biased
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
@@ -355,7 +386,7 @@ def test_onnx_export_parity_and_runtime_match_torch_greedy_and_beam(bert2bert, t
     from pipelines.export_onnx import export_onnx
     from pipelines.serving import load_runtime
     from pipelines.tasks.seq2seq.generation import trim
-    from pipelines.tasks.seq2seq.model import torch_generation_config
+    from pipelines.tasks.seq2seq.model import torch_generate
 
     _, model, tok = bert2bert
     model_dir = tmp_path / "model"
@@ -377,14 +408,16 @@ def test_onnx_export_parity_and_runtime_match_torch_greedy_and_beam(bert2bert, t
     runtime = load_runtime(tmp_path / "export")
     trained = task.load_trained(model_dir)
     base = runtime.settings
-    for options in ({"num_beams": 1, "no_repeat_ngram_size": 0}, {"num_beams": 3, "length_penalty": 0.8}):
+    for options in (
+        {"num_beams": 1, "no_repeat_ngram_size": 0},
+        {"num_beams": 3, "length_penalty": 0.8},
+        {"num_beams": 2, "source_bias": 3.0},
+    ):
         settings = dataclasses.replace(base, max_new_tokens=9, **options)
         feeds = runtime.encode(SOURCES)
         with torch.inference_mode():
-            expected = trained.generate(
-                input_ids=torch.from_numpy(feeds["input_ids"]),
-                attention_mask=torch.from_numpy(feeds["attention_mask"]),
-                generation_config=torch_generation_config(settings),
+            expected = torch_generate(
+                trained, torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]), settings
             )
         assert runtime.generate_ids(SOURCES, settings).sequences == [
             trim(r, settings.eos_token_ids) for r in expected.tolist()

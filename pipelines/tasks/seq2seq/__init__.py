@@ -38,6 +38,15 @@ class GenerateOptions(Section):
     early_stopping: bool = Field(
         False, description="Beam search: stop as soon as num_beams hypotheses are finished (transformers' True)."
     )
+    source_bias: float = Field(
+        0.0,
+        ge=0.0,
+        le=20.0,
+        description="Added to the score of every token of the source at every step (after the other rules; start, "
+        "EOS and pad excepted): a decoding prior toward the source's words, for tasks whose outputs reuse them "
+        "(question generation, summarisation) when little data leaves the model leaning on its language-model "
+        "prior. 0 = off. Generation-only: change it without retraining (serving.json carries it).",
+    )
 
 
 class Options(TaskOptions):

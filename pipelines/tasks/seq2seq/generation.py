@@ -45,6 +45,7 @@ class GenerationSettings:
     early_stopping: bool = False
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] | None = None
+    source_bias: float = 0.0
 
     @property
     def max_length(self) -> int:
@@ -71,6 +72,7 @@ class GenerationSettings:
             early_stopping=bool(data.get("early_stopping", False)),
             forced_bos_token_id=None if data.get("forced_bos_token_id") is None else int(data["forced_bos_token_id"]),
             forced_eos_token_ids=tuple(int(x) for x in forced_eos) if forced_eos else None,
+            source_bias=float(data.get("source_bias", 0.0)),
         )
 
     @property
@@ -119,8 +121,28 @@ def banned_ngram_tokens(sequences: np.ndarray, size: int) -> list[tuple[int, int
     return list(zip(found[0].tolist(), windows[found[0], found[1], -1].tolist(), strict=True))
 
 
-def process_scores(sequences: np.ndarray, scores: np.ndarray, s: GenerationSettings) -> np.ndarray:
-    """The logits processors generate applies, in its order: no-repeat n-grams, forced BOS, forced EOS."""
+def source_bias_rows(source_ids: np.ndarray | None, encoder_mask: np.ndarray, vocab: int, s: GenerationSettings) -> Any:
+    """[sources, vocab] float32: `s.source_bias` on every token id of each source (its real tokens; the start,
+    EOS and pad tokens excepted), 0 elsewhere; None when the bias is 0."""
+    if not s.source_bias:
+        return None
+    if source_ids is None:
+        raise ValueError("generation with a source_bias needs the sources' token ids")
+    bias = np.zeros((source_ids.shape[0], vocab), dtype=np.float32)
+    rows, cols = np.nonzero(np.asarray(encoder_mask).astype(bool))
+    tokens = np.asarray(source_ids)[rows, cols]
+    special = [s.decoder_start_token_id, *s.eos_token_ids, *([] if s.pad_token_id is None else [s.pad_token_id])]
+    keep = (tokens >= 0) & (tokens < vocab) & ~np.isin(tokens, special)
+    bias[rows[keep], tokens[keep]] = np.float32(s.source_bias)
+    return bias
+
+
+def process_scores(
+    sequences: np.ndarray, scores: np.ndarray, s: GenerationSettings, bias: np.ndarray | None = None
+) -> np.ndarray:
+    """The logits processors generate applies, in its order: no-repeat n-grams, forced BOS, forced EOS, then the
+    source-token bias (`source_bias`, one row per row of `scores`; pipelines' own processor, which torch's
+    `generate` gets as a custom logits processor, run after its own)."""
     scores = np.array(scores, dtype=np.float32, copy=True)
     cur_len = sequences.shape[1]
     vocab = scores.shape[-1]
@@ -133,19 +155,27 @@ def process_scores(sequences: np.ndarray, scores: np.ndarray, s: GenerationSetti
     if s.forced_eos_token_ids and cur_len == s.max_length - 1:
         scores[:] = -np.inf
         scores[:, list(s.forced_eos_token_ids)] = 0.0
+    if bias is not None:
+        scores += bias
     return scores
 
 
-def generate(first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings) -> Generated:
-    """Greedy search (num_beams 1) or beam search over the model behind `first` / `step`."""
+def generate(
+    first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings, source_ids: np.ndarray | None = None
+) -> Generated:
+    """Greedy search (num_beams 1) or beam search over the model behind `first` / `step`; `source_ids` (the
+    encoder's input ids) are needed for a non-zero `s.source_bias`."""
     if s.num_beams > 1:
-        return beam_search(first, step, encoder_mask, s)
-    return greedy(first, step, encoder_mask, s)
+        return beam_search(first, step, encoder_mask, s, source_ids)
+    return greedy(first, step, encoder_mask, s, source_ids)
 
 
-def greedy(first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings) -> Generated:
+def greedy(
+    first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings, source_ids: np.ndarray | None = None
+) -> Generated:
     logits, self_kv, cross_kv = first()
     batch = logits.shape[0]
+    bias = source_bias_rows(source_ids, encoder_mask, logits.shape[-1], s)
     sequences = np.full((batch, 1), s.decoder_start_token_id, dtype=np.int64)
     unfinished = np.ones(batch, dtype=bool)
     eos = np.asarray(s.eos_token_ids, dtype=np.int64)
@@ -153,7 +183,7 @@ def greedy(first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: Generation
     chosen = np.zeros(batch, dtype=np.int64)
     steps = 1
     while True:
-        scores = process_scores(sequences, logits, s)
+        scores = process_scores(sequences, logits, s, bias)
         next_tokens = scores.argmax(axis=-1)
         logprobs = log_softmax(scores)[np.arange(batch), next_tokens]
         logprob_sum += np.where(unfinished, logprobs, 0.0)
@@ -189,11 +219,16 @@ def _gather(tensor: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return np.take_along_axis(tensor, indices, axis=1)
 
 
-def beam_search(first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings) -> Generated:
+def beam_search(
+    first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: GenerationSettings, source_ids: np.ndarray | None = None
+) -> Generated:
     """transformers' vectorised beam search (num_return_sequences 1, no sampling)."""
     beams, max_length, lp = s.num_beams, s.max_length, np.float32(s.length_penalty)
     logits, self_kv, cross_kv = first()
     batch = logits.shape[0]
+    bias = source_bias_rows(source_ids, encoder_mask, logits.shape[-1], s)
+    if bias is not None:
+        bias = np.repeat(bias, beams, axis=0)
     # every source's first step, its key/values and its encoder mask repeated for its beams
     logits = np.repeat(logits, beams, axis=0)
     self_kv = [np.repeat(kv, beams, axis=0) for kv in self_kv]
@@ -218,7 +253,7 @@ def beam_search(first: FirstFn, step: StepFn, encoder_mask: np.ndarray, s: Gener
     steps = 1
     while True:
         flat_running = running_sequences[:, :, :cur_len].reshape(batch * beams, cur_len)
-        log_probs = process_scores(flat_running, log_softmax(logits), s)
+        log_probs = process_scores(flat_running, log_softmax(logits), s, bias)
         vocab = log_probs.shape[-1]
         log_probs = log_probs.reshape(batch, beams, vocab) + running_beam_scores[:, :, None]
         log_probs = log_probs.reshape(batch, beams * vocab)

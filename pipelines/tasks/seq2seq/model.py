@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import ModelLoadError
-from pipelines.tasks.seq2seq.generation import GenerationSettings
+from pipelines.tasks.seq2seq.generation import GenerationSettings, source_bias_rows
 
 TIED_ATTR = "nlpops_tied_encoder_decoder"  # on the saved config: the decoder shares the encoder's weights
 
@@ -109,6 +109,7 @@ def generation_settings(model: Any, options: Any) -> GenerationSettings:
         early_stopping=bool(o.early_stopping),
         forced_bos_token_id=None if g.forced_bos_token_id is None else int(g.forced_bos_token_id),
         forced_eos_token_ids=_ids(g.forced_eos_token_id) or None,
+        source_bias=float(o.source_bias),
     )
 
 
@@ -133,6 +134,34 @@ def torch_generation_config(settings: GenerationSettings) -> Any:
     if settings.num_beams > 1:  # beam-only flags on a greedy config make it unsavable in transformers 5
         values.update(length_penalty=settings.length_penalty, early_stopping=settings.early_stopping)
     return GenerationConfig(**values)
+
+
+def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: GenerationSettings) -> Any:
+    """torch's `generate` with exactly `settings`: its GenerationConfig, plus the source-token bias as a custom
+    logits processor (run after generate's own, as the numpy loop applies it). Returns the sequences tensor."""
+    import numpy as np
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class SourceTokenBias(LogitsProcessor):
+        def __init__(self) -> None:
+            self.bias: Any = None
+
+        def __call__(self, sequences: Any, scores: Any) -> Any:
+            if self.bias is None:  # the vocabulary size is the scores' (the output layer's), known at the first step
+                rows = source_bias_rows(
+                    np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), int(scores.shape[-1]), settings
+                )
+                self.bias = torch.from_numpy(rows).repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
+            return scores + self.bias.to(scores.device, scores.dtype)
+
+    processors = LogitsProcessorList([SourceTokenBias()] if settings.source_bias else [])
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=torch_generation_config(settings),
+        logits_processor=processors,
+    )
 
 
 def set_generation(model: Any, settings: GenerationSettings) -> None:

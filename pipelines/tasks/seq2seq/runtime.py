@@ -92,7 +92,7 @@ class OnnxSeq2Seq(OnnxRuntimeModel):
         """One batch of sources through the generation loop: token ids (start token first, up to EOS)."""
         feeds = self.encode(sources)
         mask = feeds["attention_mask"]
-        return generate(lambda: self.first(feeds), self.step, mask, settings or self.settings)
+        return generate(lambda: self.first(feeds), self.step, mask, settings or self.settings, feeds["input_ids"])
 
     # ------------------------------------------------------------------ the runtime interface
 

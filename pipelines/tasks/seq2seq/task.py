@@ -199,6 +199,7 @@ class Seq2Seq(Task):
             early_stopping=o.early_stopping,
             forced_bos_token_id=special.forced_bos_token_id,
             forced_eos_token_ids=special.forced_eos_token_ids,
+            source_bias=o.source_bias,
         )
 
     def build_model(self, model_path: Path, id2label: dict[int, str], model_cfg: Any) -> Any:
@@ -264,7 +265,7 @@ class Seq2Seq(Task):
         target token over all of them (no label smoothing)."""
         import torch
 
-        from pipelines.tasks.seq2seq.model import generation_settings, set_generation
+        from pipelines.tasks.seq2seq.model import generation_settings, set_generation, torch_generate
         from pipelines.train import sequential_batches
 
         def take(idx: list[int]) -> dict[str, list]:
@@ -289,7 +290,7 @@ class Seq2Seq(Task):
             for order in sequential_batches(lengths, batch_size):
                 idx = [chosen[k] for k in order]
                 ids, mask = _pad([list(rows["input_ids"][i]) for i in idx], pad_token_id)
-                out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+                out = torch_generate(model, torch.from_numpy(ids), torch.from_numpy(mask), settings)
                 sequences = [trim(seq, settings.eos_token_ids) for seq in out.tolist()]
                 texts = tokenizer.batch_decode(
                     [seq[1:] for seq in sequences], skip_special_tokens=True, clean_up_tokenization_spaces=True
@@ -508,14 +509,13 @@ class Seq2Seq(Task):
 
         from pipelines.export_onnx import parity_batch_sizes
         from pipelines.serving import load_runtime
-        from pipelines.tasks.seq2seq.model import torch_generation_config
+        from pipelines.tasks.seq2seq.model import torch_generate
 
         known = self._export or {}
         model, settings = known["model"], known["settings"]
         first, step = graphs["model.onnx"].module, graphs["decoder.onnx"].module
         runtime = load_runtime(export_dir)
         sources = [str(s) for s in frame["source"].iloc[: int(cfg.parity_rows)]]
-        config = torch_generation_config(settings)
         max_diff, mismatches, sizes, lengths, start = 0.0, 0, [], [], 0
         examples: list[dict[str, Any]] = []
         for size in parity_batch_sizes(len(sources)):
@@ -524,7 +524,7 @@ class Seq2Seq(Task):
             feeds = runtime.encode(part)
             ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
             with torch.inference_mode():
-                expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                expected = torch_generate(model, ids, mask, settings)
             expected_ids = [trim(seq, settings.eos_token_ids) for seq in expected.tolist()]
             got = runtime.generate_ids(part).sequences
             for source, a, b in zip(part, expected_ids, got, strict=True):

@@ -13,7 +13,8 @@ in three common cases:
   benchmarks/README.md): 1 thread trained 2.7x faster than 2.
 
 `usable_cores` counts physical cores within the affinity mask and the cgroup quota; `idle_cores` how many of
-them were idle over a quarter of a second; `configure_threads` takes the smaller, within OMP_NUM_THREADS when
+them were idle over half a second (this process's own CPU time counts as idle: its own background threads are
+not another job); `configure_threads` takes the smaller, within OMP_NUM_THREADS when
 that is set (torchrun's share per rank), and one inter-op thread (eager training never runs independent ops in
 parallel; a second pool would only compete for the same cores).
 """
@@ -78,22 +79,33 @@ def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
     return times
 
 
-def idle_cores(seconds: float = 0.25) -> float | None:
-    """How many of this process's CPUs sat idle over `seconds` (e.g. 0.9 of 2 when another job takes one);
-    None where /proc/stat cannot tell (not Linux)."""
-    try:
-        cpus = set(os.sched_getaffinity(0))
-        before = _cpu_times(cpus)
-        time.sleep(seconds)
-        after = _cpu_times(cpus)
-    except (AttributeError, OSError, ValueError):
-        return None
+def idle_share(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], own_cpu_seconds: float, wall_seconds: float
+) -> float:
+    """Cores idle between two /proc/stat samples, the CPU time this process used meanwhile counted as idle (its
+    own threads, e.g. a warm-up or a progress thread, are not another job holding a core), at most the CPUs."""
     idle = 0.0
     for cpu, (idle_after, total_after) in after.items():
         idle_before, total_before = before.get(cpu, (idle_after, total_after))
         if total_after > total_before:
             idle += (idle_after - idle_before) / (total_after - total_before)
-    return idle if after else None
+    own = own_cpu_seconds / wall_seconds if wall_seconds > 0 else 0.0
+    return min(float(len(after)), idle + max(0.0, own))
+
+
+def idle_cores(seconds: float = 0.5) -> float | None:
+    """How many of this process's CPUs sat idle over `seconds` (e.g. 0.9 of 2 when another job takes one), this
+    process's own use counted as idle; None where /proc/stat cannot tell (not Linux)."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+        before, own_before, wall_before = _cpu_times(cpus), time.process_time(), time.monotonic()
+        time.sleep(seconds)
+        after, own_after, wall_after = _cpu_times(cpus), time.process_time(), time.monotonic()
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not after:
+        return None
+    return idle_share(before, after, own_after - own_before, wall_after - wall_before)
 
 
 def auto_threads() -> int:

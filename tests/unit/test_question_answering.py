@@ -593,16 +593,16 @@ def test_predict_input_lines_json_objects_pairs_and_texts() -> None:
 
 def test_training_windows_without_the_answer_are_down_sampled_only_in_train(tmp_path: Path) -> None:
     from pipelines.tasks.catalog import get_task
-    from pipelines.tasks.question_answering.task import drop_negative_windows
+    from pipelines.tasks.question_answering.task import sample_training_windows
 
     rows = {"example_id": [0, 0, 0, 1, 1, 2], "start_positions": [0, 5, 0, 0, 0, 0], "x": list(range(6))}
-    none = drop_negative_windows(rows, [True, False, True], keep=0.0)
+    none = sample_training_windows(rows, [True, False, True], keep=0.0)
     assert none["x"] == [1, 3, 4]  # the answer window and the unanswerable question's windows
-    assert drop_negative_windows(rows, [True, False, True], keep=1.0) == rows
-    no_unanswerable = drop_negative_windows(rows, [True, False, True], keep=1.0, keep_unanswerable=0.0)
+    assert sample_training_windows(rows, [True, False, True], keep=1.0) == rows
+    no_unanswerable = sample_training_windows(rows, [True, False, True], keep=1.0, keep_unanswerable=0.0)
     assert no_unanswerable["x"] == [0, 1, 2, 5]  # question 1 (unanswerable) goes whole: both of its windows
     many = {"example_id": [e for e in range(200) for _ in range(2)], "start_positions": [0] * 400}
-    half = drop_negative_windows(many, [False] * 200, keep=1.0, keep_unanswerable=0.5)
+    half = sample_training_windows(many, [False] * 200, keep=1.0, keep_unanswerable=0.5)
     kept = half["example_id"]
     assert 60 < len(set(kept)) < 140 and all(kept.count(e) == 2 for e in set(kept))  # whole questions, about half
     tokenizer = build_tokenizer(tmp_path / "tok")

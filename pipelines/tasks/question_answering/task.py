@@ -49,7 +49,7 @@ def gold_spans(frame: pd.DataFrame) -> list[tuple[int, int] | None]:
     return out
 
 
-def drop_negative_windows(
+def sample_training_windows(
     rows: dict[str, list], answerable: list[bool], keep: float, seed: int = 0, keep_unanswerable: float = 1.0
 ) -> dict[str, list]:
     """Training windows without: those of answerable questions that do not hold the answer (labelled CLS) are kept
@@ -112,7 +112,7 @@ class QuestionAnswering(Task):
         keep, keep_unanswerable = self.options.train_negative_windows, self.options.train_unanswerable
         if labels and min(keep, keep_unanswerable) < 1.0 and frame.attrs.get("split") == "train":
             answerable = [bool(len(t)) for t in frame["answer_texts"]]
-            rows = drop_negative_windows(rows, answerable, keep, keep_unanswerable=keep_unanswerable)
+            rows = sample_training_windows(rows, answerable, keep, keep_unanswerable=keep_unanswerable)
         return rows
 
     def feature_types(self) -> dict[str, Any]:

@@ -45,7 +45,8 @@ class GenerateOptions(Section):
         description="Added to the score of every token of the source at every step (after the other rules; start, "
         "EOS and pad excepted): a decoding prior toward the source's words, for tasks whose outputs reuse them "
         "(question generation, summarisation) when little data leaves the model leaning on its language-model "
-        "prior. 0 = off. Generation-only: change it without retraining (serving.json carries it).",
+        "prior. 0 = off. It changes no weight (serving.json carries it), but the per-epoch validation metric is "
+        "generated with it.",
     )
 
 

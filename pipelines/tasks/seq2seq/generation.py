@@ -121,7 +121,9 @@ def banned_ngram_tokens(sequences: np.ndarray, size: int) -> list[tuple[int, int
     return list(zip(found[0].tolist(), windows[found[0], found[1], -1].tolist(), strict=True))
 
 
-def source_bias_rows(source_ids: np.ndarray | None, encoder_mask: np.ndarray, vocab: int, s: GenerationSettings) -> Any:
+def source_bias_rows(
+    source_ids: np.ndarray | None, encoder_mask: np.ndarray, vocab: int, s: GenerationSettings
+) -> np.ndarray | None:
     """[sources, vocab] float32: `s.source_bias` on every token id of each source (its real tokens; the start,
     EOS and pad tokens excepted), 0 elsewhere; None when the bias is 0."""
     if not s.source_bias:

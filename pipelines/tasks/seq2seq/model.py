@@ -152,6 +152,8 @@ def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: Ge
                 rows = source_bias_rows(
                     np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), int(scores.shape[-1]), settings
                 )
+                if rows is None:  # source_bias 0: this processor is not used
+                    return scores
                 self.bias = torch.from_numpy(rows).repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
             return scores + self.bias.to(scores.device, scores.dtype)
 

@@ -9,11 +9,13 @@ The model is reached through two functions, so the same loop serves ONNX Runtime
   one decoder step with past key/values (rows = batch * num_beams in beam search).
 
 Replicated from transformers 5 (generation/utils.py `_sample` / `_beam_search`, logits processors): the logits
-processors no-repeat n-grams, forced BOS (first step) and forced EOS (last step); greedy takes the argmax of the
-processed logits, finished rows continue with the pad token; beam search keeps 2 * num_beams candidates per step,
-scores finished hypotheses by sum(log p) / generated_length ** length_penalty, and stops by the same heuristic
-(`early_stopping` False: when the best running beam can no longer beat the worst finished one). Scores stay in
-float32 as in torch. Sequences start with the decoder start token; `trim` cuts them after their first EOS.
+processors no-repeat n-grams, forced BOS (first step) and forced EOS (last step), then pipelines' own
+source-token bias (`source_bias`; torch gets it as a custom processor: model.torch_generate); greedy takes the
+argmax of the processed logits, finished rows continue with the pad token; beam search keeps 2 * num_beams
+candidates per step, scores finished hypotheses by sum(log p) / generated_length ** length_penalty, and stops by
+the same heuristic (`early_stopping` False: when the best running beam can no longer beat the worst finished
+one). Scores stay in float32 as in torch. Sequences start with the decoder start token; `trim` cuts them after
+their first EOS.
 """
 
 from __future__ import annotations

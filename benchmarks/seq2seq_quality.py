@@ -35,6 +35,7 @@ from pipelines.tasks.catalog import get_task
 
 QG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qg"
 RESULTS = Path(__file__).resolve().parent / "results" / "seq2seq_quality.json"
+SCORES = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "gen_len")  # reported for the test split
 
 
 def tokens_per_second(run: Any, sources: list[str], batch_size: int) -> dict[str, float]:
@@ -143,8 +144,14 @@ def main() -> None:
         return step / warm if step < warm else max(0.0, (plan["total"] - step) / max(1, plan["total"] - warm))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    greedy = task.options.generate.model_copy(update={"num_beams": args.val_beams})
-    validation_task = get_task(params.model_copy(update={"task": task.options.model_copy(update={"generate": greedy})}))
+    base = task.options
+
+    def task_generating(**settings: Any) -> Any:
+        """The task with these task.generate settings changed (the model and everything else as they are)."""
+        generate = base.generate.model_copy(update=settings)
+        return get_task(params.model_copy(update={"task": base.model_copy(update={"generate": generate})}))
+
+    validation_task = task_generating(num_beams=args.val_beams)
     started, best, best_state, history, stop, step = time.perf_counter(), -1.0, None, [], False, 0
     after_first = started
     for epoch in range(1, args.epochs + 1):
@@ -199,14 +206,10 @@ def main() -> None:
         tokenizer.save_pretrained(args.save_model)
 
     # the source-token bias (generation only): chosen on the validation split, all of its rows, test beams
-    def with_bias(bias: float) -> Any:
-        generate = task.options.generate.model_copy(update={"source_bias": bias})
-        return get_task(params.model_copy(update={"task": task.options.model_copy(update={"generate": generate})}))
-
     every = {**rows["validation"], "generate": [1] * len(rows["validation"]["input_ids"])}
     bias_scores: dict[str, float] = {}
     for bias in [float(b) for b in args.source_bias.split(",")]:
-        biased = with_bias(bias)
+        biased = task_generating(source_bias=bias)
         scored = biased.score(biased.predict(model, every, frames["validation"], 32, pad), frames["validation"], {})
         bias_scores[str(bias)] = round(float(scored["bleu"]), 4)
         print(f"source_bias {bias}: validation BLEU {scored['bleu']:.4f}", flush=True)
@@ -214,10 +217,8 @@ def main() -> None:
     unbiased_test = None
     if chosen_bias:
         unbiased = task.score(task.predict(model, rows["test"], frames["test"], 32, pad), frames["test"], {})
-        unbiased_test = {
-            k: round(float(unbiased[k]), 4) for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "gen_len")
-        }
-        task = with_bias(chosen_bias)
+        unbiased_test = {k: round(float(unbiased[k]), 4) for k in SCORES}
+        task = task_generating(source_bias=chosen_bias)
 
     evaluated = time.perf_counter()
     predictions = task.predict(model, rows["test"], frames["test"], 32, pad)
@@ -277,7 +278,7 @@ def main() -> None:
         "generation": settings.to_dict(),
         "lowercased_scoring": bool(test["lowercased"]),
         "test_rows": test["rows"],
-        "test": {k: round(float(test[k]), 4) for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "gen_len")},
+        "test": {k: round(float(test[k]), 4) for k in SCORES},
         "copy_source_floor": {k: round(float(test[k]), 4) for k in ("copy_bleu", "copy_chrf", "copy_rougeL")},
         "source_bias": {"validation_bleu": bias_scores, "chosen": chosen_bias, "test_without_it": unbiased_test},
         "train_seconds": train_seconds,

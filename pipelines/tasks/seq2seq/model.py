@@ -35,7 +35,7 @@ TIED_ATTR = "nlpops_tied_encoder_decoder"  # on the saved config: the decoder sh
 class SpecialTokens:
     decoder_start_token_id: int
     eos_token_ids: tuple[int, ...]
-    pad_token_id: int
+    pad_token_id: int | None  # always set by special_tokens; a loaded model's generation config may lack it
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] | None = None
 
@@ -94,23 +94,35 @@ def special_tokens(model_path: Path, tokenizer: Any) -> SpecialTokens:
     return SpecialTokens(int(start), eos, int(pad), None if forced_bos is None else int(forced_bos), forced_eos)
 
 
-def generation_settings(model: Any, options: Any) -> GenerationSettings:
-    """The settings generation runs with: the model's special tokens (its generation config) + task.generate."""
-    g = model.generation_config
+def settings_from(special: SpecialTokens, options: Any) -> GenerationSettings:
+    """The settings generation runs with: a model's special tokens + task.generate (`options` is the task's)."""
     o = options.generate
     return GenerationSettings(
-        decoder_start_token_id=int(g.decoder_start_token_id),
-        eos_token_ids=_ids(g.eos_token_id),
-        pad_token_id=None if g.pad_token_id is None else int(g.pad_token_id),
+        decoder_start_token_id=special.decoder_start_token_id,
+        eos_token_ids=special.eos_token_ids,
+        pad_token_id=special.pad_token_id,
         num_beams=int(o.num_beams),
         max_new_tokens=int(o.max_new_tokens),
         no_repeat_ngram_size=int(o.no_repeat_ngram_size),
         length_penalty=float(o.length_penalty),
         early_stopping=bool(o.early_stopping),
-        forced_bos_token_id=None if g.forced_bos_token_id is None else int(g.forced_bos_token_id),
-        forced_eos_token_ids=_ids(g.forced_eos_token_id) or None,
+        forced_bos_token_id=special.forced_bos_token_id,
+        forced_eos_token_ids=special.forced_eos_token_ids,
         source_bias=float(o.source_bias),
     )
+
+
+def generation_settings(model: Any, options: Any) -> GenerationSettings:
+    """`settings_from` with the special tokens of the model's generation config."""
+    g = model.generation_config
+    special = SpecialTokens(
+        decoder_start_token_id=int(g.decoder_start_token_id),
+        eos_token_ids=_ids(g.eos_token_id),
+        pad_token_id=None if g.pad_token_id is None else int(g.pad_token_id),
+        forced_bos_token_id=None if g.forced_bos_token_id is None else int(g.forced_bos_token_id),
+        forced_eos_token_ids=_ids(g.forced_eos_token_id) or None,
+    )
+    return settings_from(special, options)
 
 
 def torch_generation_config(settings: GenerationSettings) -> Any:
@@ -152,8 +164,7 @@ def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: Ge
                 rows = source_bias_rows(
                     np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), int(scores.shape[-1]), settings
                 )
-                if rows is None:  # source_bias 0: this processor is not used
-                    return scores
+                assert rows is not None  # the processor is only made for a non-zero bias
                 self.bias = torch.from_numpy(rows).repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
             return scores + self.bias.to(scores.device, scores.dtype)
 

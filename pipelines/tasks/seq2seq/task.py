@@ -187,20 +187,9 @@ class Seq2Seq(Task):
         """No label space: nothing to size."""
 
     def settings_for(self, special: Any) -> GenerationSettings:
-        o = self.options.generate
-        return GenerationSettings(
-            decoder_start_token_id=special.decoder_start_token_id,
-            eos_token_ids=special.eos_token_ids,
-            pad_token_id=special.pad_token_id,
-            num_beams=o.num_beams,
-            max_new_tokens=o.max_new_tokens,
-            no_repeat_ngram_size=o.no_repeat_ngram_size,
-            length_penalty=o.length_penalty,
-            early_stopping=o.early_stopping,
-            forced_bos_token_id=special.forced_bos_token_id,
-            forced_eos_token_ids=special.forced_eos_token_ids,
-            source_bias=o.source_bias,
-        )
+        from pipelines.tasks.seq2seq.model import settings_from
+
+        return settings_from(special, self.options)
 
     def build_model(self, model_path: Path, id2label: dict[int, str], model_cfg: Any) -> Any:
         """A local seq2seq checkpoint as it is, or BERT2BERT warm-started from an encoder (model.py)."""

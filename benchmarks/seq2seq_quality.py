@@ -77,6 +77,19 @@ def main() -> None:
         help="task.generate.source_bias candidates, comma-separated: each is scored on the validation split after "
         "training (same beams as the test), the best one is used on the test split, next to the test at 0.",
     )
+    ap.add_argument(
+        "--train-source-bias",
+        type=float,
+        default=0.0,
+        help="Train with this source-token bias in the loss (task.source_bias_in_loss with task.generate."
+        "source_bias); 0 = off. The per-epoch validation generates with it.",
+    )
+    ap.add_argument(
+        "--copy-task-share",
+        type=float,
+        default=0.0,
+        help="task.copy_task_share: this share of the training rows is added again as 'copy: source' -> source.",
+    )
     ap.add_argument("--save-model", type=Path, default=None, help="Save the trained model (and tokenizer) here.")
     ap.add_argument("--load-model", type=Path, default=None, help="Skip training: load a model saved by --save-model.")
     ap.add_argument("--threads", type=int, default=2)
@@ -106,7 +119,10 @@ def main() -> None:
                 "validation_generate_rows": args.val_rows,
                 "tie_encoder_decoder": args.tie,
                 "cross_attention_init": args.cross_attention_init,
+                "source_bias_in_loss": bool(args.train_source_bias),
+                "copy_task_share": args.copy_task_share,
                 "generate": {
+                    "source_bias": args.train_source_bias,
                     "num_beams": args.beams,
                     "max_new_tokens": args.max_new_tokens,
                     "no_repeat_ngram_size": args.no_repeat,
@@ -149,7 +165,9 @@ def main() -> None:
     def task_generating(**settings: Any) -> Any:
         """The task with these task.generate settings changed (the model and everything else as they are)."""
         generate = base.generate.model_copy(update=settings)
-        return get_task(params.model_copy(update={"task": base.model_copy(update={"generate": generate})}))
+        in_loss = base.source_bias_in_loss and bool(generate.source_bias)  # a loss with no bias to add: off
+        options = base.model_copy(update={"generate": generate, "source_bias_in_loss": in_loss})
+        return get_task(params.model_copy(update={"task": options}))
 
     validation_task = task_generating(num_beams=args.val_beams)
     started, best, best_state, history, stop, step = time.perf_counter(), -1.0, None, [], False, 0
@@ -216,7 +234,8 @@ def main() -> None:
     chosen_bias = float(max(bias_scores, key=lambda b: bias_scores[b]))
     unbiased_test = None
     if chosen_bias:
-        unbiased = task.score(task.predict(model, rows["test"], frames["test"], 32, pad), frames["test"], {})
+        plain = task_generating(source_bias=0.0)
+        unbiased = plain.score(plain.predict(model, rows["test"], frames["test"], 32, pad), frames["test"], {})
         unbiased_test = {k: round(float(unbiased[k]), 4) for k in SCORES}
         task = task_generating(source_bias=chosen_bias)
 

@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # both recipes and the GEMM bursts alike.
     args.threads = threads = configure_threads(args.threads)
     ours_cfg = pipeline_config(args)
+    ours_model = ModelConfig(freeze_embeddings=args.freeze_embeddings)
     glue_cfg = baseline_config(args)
     started = time.time()
     load_before = os.getloadavg()
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         glue_speed = [train(root / "speed", model_path, baseline_config(args, max_steps=half), padded_task)]
         gemm.append(gemm_gflops(gemm_tokens, dims["hidden"], dims["intermediate"]))
         log(f"pipeline: {len(ours_batches)} steps, {len(lengths)} rows x {args.epochs} epoch(s)")
-        ours = train(root / "full", model_path, ours_cfg, task)
+        ours = train(root / "full", model_path, ours_cfg, task, ours_model)
         gemm.append(gemm_gflops(gemm_tokens, dims["hidden"], dims["intermediate"]))
         log(f"run_glue recipe, padded to {args.max_length}: {half} more steps (speed)")
         glue_speed.append(train(root / "speed", model_path, baseline_config(args, max_steps=half), padded_task))
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "max_length": args.max_length,
             "model": "bundled all-MiniLM-L6-v2" if not args.model else str(args.model),
-            "pipeline": ours_cfg.model_dump(mode="json"),
+            "pipeline": {**ours_cfg.model_dump(mode="json"), "model": ours_model.model_dump(mode="json")},
             "run_glue": {**glue_cfg.model_dump(mode="json"), "pad_to": args.max_length},
             "baseline_steps_timed": 2 * half,
             "baseline_accuracy": args.baseline_accuracy,
@@ -535,6 +536,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-steps", type=int, default=8, help="run_glue steps timed (two halves)")
     parser.add_argument("--baseline-accuracy", choices=("dynamic", "padded", "skip"), default="dynamic")
     parser.add_argument("--threads", type=int, default=None, help="train.num_threads; default the pipeline's")
+    parser.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="the pipeline row with model.freeze_embeddings (no gradients or optimiser state for the embeddings)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (with --model a tiny BERT: seconds)")
     parser.add_argument("--levers", default=None, help="'all' or comma-separated LEVERS names: per-lever table")
     parser.add_argument("--lever-steps", type=int, default=6, help="steps per lever run (the first is not timed)")

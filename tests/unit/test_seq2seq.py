@@ -214,6 +214,31 @@ def test_target_tokenisation_drops_the_start_token_ends_with_eos_and_is_cut(enco
     assert sum(sampled.tokenise(tok, many, TokeniseConfig())["generate"]) == 0
 
 
+def test_copy_task_adds_prefixed_source_to_source_rows_to_the_training_split_only(
+    encoder_dir: Path, tmp_path: Path
+) -> None:
+    from pipelines.config import TokeniseConfig
+
+    task = _task(make_params(tmp_path, model={"path": str(encoder_dir)}, task={"copy_task_share": 0.5}))
+    tok = task.tokenizer()
+    ids = tok.convert_tokens_to_ids
+    frame = pd.DataFrame({"source": ["a cat", "the dog", "b c", "z y"], "target": ["what", "who", "x", "e"]})
+    frame["row"] = range(4)
+    frame.attrs["split"] = "train"
+    rows = task.tokenise(tok, frame, TokeniseConfig(max_length=16))
+    assert len(rows["input_ids"]) == 6 and rows["labels"][:4] == [[ids("what"), tok.sep_token_id], *rows["labels"][1:4]]
+    copies = rows["example_id"][4:]
+    assert len(set(copies)) == 2 and set(copies) <= {0, 1, 2, 3} and rows["example_id"][:4] == [0, 1, 2, 3]
+    for extra, original in zip(range(4, 6), copies, strict=True):
+        words = tok.tokenize(frame["source"][original])
+        assert rows["input_ids"][extra] == [tok.cls_token_id, ids("copy"), ids(":"), *ids(words), tok.sep_token_id]
+        assert rows["labels"][extra] == [*ids(words), tok.sep_token_id]  # the source itself is the target
+    assert rows["generate"] == [0] * 6 and rows["length"][4:] == [len(rows["input_ids"][i]) for i in (4, 5)]
+    assert task.tokenise(tok, frame, TokeniseConfig(max_length=16))["example_id"] == rows["example_id"]  # seeded
+    frame.attrs["split"] = "validation"  # evaluation splits are never changed
+    assert len(task.tokenise(tok, frame, TokeniseConfig(max_length=16))["input_ids"]) == 4
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 
@@ -293,13 +318,28 @@ SETTINGS = [
     {"num_beams": 4, "max_new_tokens": 7, "no_repeat_ngram_size": 2, "length_penalty": 0.6, "early_stopping": True},
     {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 2, "source_bias": 4.0},
     {"num_beams": 3, "max_new_tokens": 8, "no_repeat_ngram_size": 2, "source_bias": 4.0},
+    {
+        "num_beams": 3,
+        "max_new_tokens": 8,
+        "no_repeat_ngram_size": 2,
+        "source_bias": 4.0,
+        "source_bias_normalised": True,
+    },
 ]
 
 
 @pytest.mark.parametrize(
     "options",
     SETTINGS,
-    ids=["greedy", "greedy-ngram", "beam3", "beam4-ngram-lp-early", "greedy-source-bias", "beam3-source-bias"],
+    ids=[
+        "greedy",
+        "greedy-ngram",
+        "beam3",
+        "beam4-ngram-lp-early",
+        "greedy-source-bias",
+        "beam3-source-bias",
+        "beam3-source-bias-normalised",
+    ],
 )
 def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> None:
     """The loop the ONNX runtime runs gives torch's token ids exactly, greedy and beam (float32 throughout)."""
@@ -494,6 +534,49 @@ def test_training_loss_with_label_smoothing_and_predict_on_a_sample(bert2bert, t
     assert scores["rows"] == 3 and set(task.spec.metrics) <= set(scores)
     slices, membership, _ = task.slices(predictions, frame, rows, {})
     assert sum(s["rows"] for s in slices.values()) == 3 and membership["generated"]
+
+
+def test_source_bias_in_loss_is_the_loss_on_the_biased_logits_and_needs_a_bias(bert2bert) -> None:
+    import torch
+
+    from pipelines.config import TokeniseConfig, load_params
+    from pipelines.errors import ConfigError
+
+    base, model, tok = bert2bert
+    frame = pd.DataFrame({"source": SOURCES[:4], "target": ["the cat", "a dog", "mat", "cat"], "row": range(4)})
+    frame.attrs["split"] = "train"
+    generate = base.options.generate.model_copy(update={"source_bias": 2.5})
+    task = _task(
+        base.params.model_copy(
+            update={"task": base.options.model_copy(update={"generate": generate, "source_bias_in_loss": True})}
+        )
+    )
+    batch = task.collate(task.tokenise(tok, frame, TokeniseConfig(max_length=32)), tok.pad_token_id)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        biased = logits.clone()
+        special = {model.generation_config.decoder_start_token_id, tok.sep_token_id, tok.pad_token_id}
+        for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"], strict=True)):
+            for token in {int(t) for t, m in zip(ids, mask, strict=True) if m} - special:
+                biased[row, :, token] += 2.5  # every target step of the row: the bias generation adds
+        expected = torch.nn.functional.cross_entropy(biased.reshape(-1, biased.shape[-1]), batch["labels"].reshape(-1))
+        plain = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+        got = task.training_loss(model, batch)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5) and float(got) != pytest.approx(float(plain))
+
+    class Wrapper(torch.nn.Module):  # DistributedDataParallel's shape: the model is .module, the call forwards
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+
+        def forward(self, **kw):
+            return self.module(**kw)
+
+    with torch.no_grad():
+        assert float(task.training_loss(Wrapper(), batch)) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ConfigError, match=r"task\.source_bias_in_loss is on but task\.generate\.source_bias is 0"):
+        load_params(REPO / "params.yaml", ["task.type=seq2seq", "task.source_bias_in_loss=true"])
 
 
 def test_package_import_is_torch_free() -> None:

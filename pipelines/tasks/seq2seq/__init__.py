@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.schema import Section, TaskOptions
 from pipelines.tasks.catalog import TaskSpec
@@ -84,6 +84,32 @@ class Options(TaskOptions):
         "lower-cases (an uncased model cannot produce capitals).",
     )
     generate: GenerateOptions = Field(default_factory=GenerateOptions)
+    copy_task_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Auxiliary copy task for little data: this share of the training rows is added again (a seeded "
+        "sample, training split only) as `copy_task_prefix` + source -> the source itself, so the new decoder "
+        "learns to read the source through its cross-attention and to write fluent text from it; 0 = off. The "
+        "prefix keeps the two tasks apart: sources without it get the real task.",
+    )
+    copy_task_prefix: str = Field("copy: ", min_length=1, description="Prefix of the copy task's sources.")
+    source_bias_in_loss: bool = Field(
+        False,
+        description="Train with task.generate.source_bias in the loss too: the training (and validation) loss is "
+        "taken on the logits plus the same source-token bonus generation adds, so the model learns what the prior "
+        "leaves over (lowering a source word the output should not reuse) instead of being corrected by it only "
+        "at decoding. Needs a non-zero task.generate.source_bias.",
+    )
+
+    @model_validator(mode="after")
+    def _bias_to_train_with(self) -> Options:
+        if self.source_bias_in_loss and not self.generate.source_bias:
+            raise ValueError(
+                "task.source_bias_in_loss is on but task.generate.source_bias is 0: set the bias to train with "
+                "(e.g. task.generate.source_bias: 2.0) or turn source_bias_in_loss off"
+            )
+        return self
 
 
 SPEC = TaskSpec(

@@ -48,6 +48,7 @@ class GenerationSettings:
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] | None = None
     source_bias: float = 0.0
+    source_bias_normalised: bool = False  # scores log-softmaxed again after the bias (trained with it in the loss)
 
     @property
     def max_length(self) -> int:
@@ -75,6 +76,7 @@ class GenerationSettings:
             forced_bos_token_id=None if data.get("forced_bos_token_id") is None else int(data["forced_bos_token_id"]),
             forced_eos_token_ids=tuple(int(x) for x in forced_eos) if forced_eos else None,
             source_bias=float(data.get("source_bias", 0.0)),
+            source_bias_normalised=bool(data.get("source_bias_normalised", False)),
         )
 
     @property
@@ -146,7 +148,9 @@ def process_scores(
 ) -> np.ndarray:
     """The logits processors generate applies, in its order: no-repeat n-grams, forced BOS, forced EOS, then the
     source-token bias (`source_bias`, one row per row of `scores`; pipelines' own processor, which torch's
-    `generate` gets as a custom logits processor, run after its own)."""
+    `generate` gets as a custom logits processor, run after its own), log-softmaxed again when
+    `source_bias_normalised` (a model trained with the bias in its loss: beam search then sums the log-probs of
+    softmax(logits + bias), as in training; greedy picks the same token either way)."""
     scores = np.array(scores, dtype=np.float32, copy=True)
     cur_len = sequences.shape[1]
     vocab = scores.shape[-1]
@@ -161,6 +165,8 @@ def process_scores(
         scores[:, list(s.forced_eos_token_ids)] = 0.0
     if bias is not None:
         scores += bias
+        if s.source_bias_normalised:  # the model's distribution is softmax(logits + bias): log-probs of that
+            scores = log_softmax(scores)
     return scores
 
 

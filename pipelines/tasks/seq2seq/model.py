@@ -109,6 +109,7 @@ def settings_from(special: SpecialTokens, options: Any) -> GenerationSettings:
         forced_bos_token_id=special.forced_bos_token_id,
         forced_eos_token_ids=special.forced_eos_token_ids,
         source_bias=float(o.source_bias),
+        source_bias_normalised=bool(options.source_bias_in_loss),
     )
 
 
@@ -166,7 +167,8 @@ def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: Ge
                 )
                 assert rows is not None  # the processor is only made for a non-zero bias
                 self.bias = torch.from_numpy(rows).repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
-            return scores + self.bias.to(scores.device, scores.dtype)
+            scores = scores + self.bias.to(scores.device, scores.dtype)
+            return torch.log_softmax(scores, dim=-1) if settings.source_bias_normalised else scores
 
     processors = LogitsProcessorList([SourceTokenBias()] if settings.source_bias else [])
     return model.generate(

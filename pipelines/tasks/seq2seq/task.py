@@ -129,6 +129,15 @@ class Seq2Seq(Task):
     def tokenise(self, tokenizer: Any, frame: pd.DataFrame, cfg: TokeniseConfig) -> dict[str, list]:
         special = self.special_tokens(tokenizer)
         sources = [self.options.prefix + str(s) for s in frame["source"]]
+        targets = [str(t) for t in frame["target"]]
+        example_ids = list(range(len(frame)))
+        split = frame.attrs.get("split")
+        if split == "train" and self.options.copy_task_share:  # the auxiliary copy task (task.copy_task_share)
+            order = np.random.default_rng(self.params.train.seed).permutation(len(frame))
+            copies = sorted(order[: round(self.options.copy_task_share * len(frame))].tolist())
+            sources += [self.options.copy_task_prefix + str(frame["source"].iloc[i]) for i in copies]
+            targets += [str(frame["source"].iloc[i]) for i in copies]
+            example_ids += copies  # each copy row points at the row it was made from
         input_ids: list[list[int]] = []
         for first in range(0, len(sources), cfg.batch_size):
             enc = tokenizer(
@@ -140,14 +149,9 @@ class Seq2Seq(Task):
             )
             input_ids.extend(list(ids) for ids in enc["input_ids"])
         labels = target_ids(
-            tokenizer,
-            [str(t) for t in frame["target"]],
-            self.options.max_target_length,
-            special.decoder_start_token_id,
-            special.eos_token_ids,
+            tokenizer, targets, self.options.max_target_length, special.decoder_start_token_id, special.eos_token_ids
         )
-        n = len(frame)
-        split = frame.attrs.get("split")
+        n = len(sources)
         generate = np.ones(n, dtype=np.int64)
         if split == "train":
             generate[:] = 0
@@ -165,7 +169,7 @@ class Seq2Seq(Task):
             "input_ids": input_ids,
             "labels": labels,
             "decoder_input_ids": [[special.decoder_start_token_id, *ids[:-1]] for ids in labels],
-            "example_id": list(range(n)),
+            "example_id": example_ids,
             "length": [len(ids) for ids in input_ids],
             "generate": generate.tolist(),
         }
@@ -228,15 +232,17 @@ class Seq2Seq(Task):
         return batch
 
     def training_loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Teacher-forced cross-entropy over the target tokens, with task.label_smoothing."""
+        """Teacher-forced cross-entropy over the target tokens, with task.label_smoothing (and the source-token
+        bias on the logits when task.source_bias_in_loss)."""
         return self._loss(model, batch, self.options.label_smoothing, "mean")
 
-    @staticmethod
-    def _loss(model: Any, batch: dict[str, Any], smoothing: float, reduction: str) -> Any:
+    def _loss(self, model: Any, batch: dict[str, Any], smoothing: float, reduction: str) -> Any:
         import torch
 
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
+        if self.options.source_bias_in_loss:
+            logits = logits + self._source_bias(model, batch, int(logits.shape[-1])).to(logits.dtype).unsqueeze(1)
         return torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch["labels"].reshape(-1),
@@ -244,6 +250,19 @@ class Seq2Seq(Task):
             label_smoothing=smoothing,
             reduction=reduction,
         )
+
+    def _source_bias(self, model: Any, batch: dict[str, Any], vocab: int) -> Any:
+        """[rows, vocab]: the bias generation adds at every step (generation.source_bias_rows), as a tensor."""
+        import torch
+
+        from pipelines.tasks.seq2seq.generation import source_bias_rows
+        from pipelines.tasks.seq2seq.model import generation_settings
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        settings = generation_settings(getattr(model, "module", model), self.options)  # DDP wraps the model
+        rows = source_bias_rows(ids.cpu().numpy(), mask.cpu().numpy(), vocab, settings)
+        assert rows is not None  # Options refuses source_bias_in_loss without a bias
+        return torch.from_numpy(rows).to(ids.device)
 
     # ------------------------------------------------------------------ predictions and metrics
 

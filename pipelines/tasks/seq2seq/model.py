@@ -149,10 +149,18 @@ def torch_generation_config(settings: GenerationSettings) -> Any:
     return GenerationConfig(**values)
 
 
+def source_bias_tensor(input_ids: Any, attention_mask: Any, vocab: int, settings: GenerationSettings) -> Any:
+    """`source_bias_rows` for torch tensors: [rows, vocab] on the ids' device; None when the bias is 0."""
+    import numpy as np
+    import torch
+
+    rows = source_bias_rows(np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), vocab, settings)
+    return None if rows is None else torch.from_numpy(rows).to(input_ids.device)
+
+
 def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: GenerationSettings) -> Any:
     """torch's `generate` with exactly `settings`: its GenerationConfig, plus the source-token bias as a custom
     logits processor (run after generate's own, as the numpy loop applies it). Returns the sequences tensor."""
-    import numpy as np
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -162,11 +170,9 @@ def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: Ge
 
         def __call__(self, sequences: Any, scores: Any) -> Any:
             if self.bias is None:  # the vocabulary size is the scores' (the output layer's), known at the first step
-                rows = source_bias_rows(
-                    np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), int(scores.shape[-1]), settings
-                )
+                rows = source_bias_tensor(input_ids, attention_mask, int(scores.shape[-1]), settings)
                 assert rows is not None  # the processor is only made for a non-zero bias
-                self.bias = torch.from_numpy(rows).repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
+                self.bias = rows.repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
             scores = scores + self.bias.to(scores.device, scores.dtype)
             return torch.log_softmax(scores, dim=-1) if settings.source_bias_normalised else scores
 

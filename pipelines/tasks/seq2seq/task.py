@@ -135,8 +135,9 @@ class Seq2Seq(Task):
         if split == "train" and self.options.copy_task_share:  # the auxiliary copy task (task.copy_task_share)
             order = np.random.default_rng(self.params.train.seed).permutation(len(frame))
             copies = sorted(order[: round(self.options.copy_task_share * len(frame))].tolist())
-            sources += [self.options.copy_task_prefix + str(frame["source"].iloc[i]) for i in copies]
-            targets += [str(frame["source"].iloc[i]) for i in copies]
+            originals = [str(frame["source"].iloc[i]) for i in copies]
+            sources += [self.options.copy_task_prefix + source for source in originals]
+            targets += originals
             example_ids += copies  # each copy row points at the row it was made from
         input_ids: list[list[int]] = []
         for first in range(0, len(sources), cfg.batch_size):
@@ -241,8 +242,13 @@ class Seq2Seq(Task):
 
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
-        if self.options.source_bias_in_loss:
-            logits = logits + self._source_bias(model, batch, int(logits.shape[-1])).to(logits.dtype).unsqueeze(1)
+        if self.options.source_bias_in_loss:  # the bias generation adds at every step, on every target position
+            from pipelines.tasks.seq2seq.model import generation_settings, source_bias_tensor
+
+            settings = generation_settings(getattr(model, "module", model), self.options)  # DDP wraps the model
+            bias = source_bias_tensor(batch["input_ids"], batch["attention_mask"], int(logits.shape[-1]), settings)
+            assert bias is not None  # Options refuses source_bias_in_loss without a bias
+            logits = logits + bias.to(logits.dtype).unsqueeze(1)
         return torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch["labels"].reshape(-1),
@@ -250,19 +256,6 @@ class Seq2Seq(Task):
             label_smoothing=smoothing,
             reduction=reduction,
         )
-
-    def _source_bias(self, model: Any, batch: dict[str, Any], vocab: int) -> Any:
-        """[rows, vocab]: the bias generation adds at every step (generation.source_bias_rows), as a tensor."""
-        import torch
-
-        from pipelines.tasks.seq2seq.generation import source_bias_rows
-        from pipelines.tasks.seq2seq.model import generation_settings
-
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        settings = generation_settings(getattr(model, "module", model), self.options)  # DDP wraps the model
-        rows = source_bias_rows(ids.cpu().numpy(), mask.cpu().numpy(), vocab, settings)
-        assert rows is not None  # Options refuses source_bias_in_loss without a bias
-        return torch.from_numpy(rows).to(ids.device)
 
     # ------------------------------------------------------------------ predictions and metrics
 

@@ -144,53 +144,82 @@ def measure(repeats: int, smoke: bool, work: Path) -> dict[str, Any]:
     overrides: list[str] = []
     if smoke:
         overrides = [f"model.path={tiny_model(work / 'tiny-model')}", "train.epochs=1", "export.latency_runs=5"]
-    firsts, reruns = [], []
+    firsts, reruns, retrains = [], [], []
     for i in range(repeats):
         project = make_project(work / f"project-{i}")
         firsts.append(run_flow(project, overrides))
         reruns.append(run_flow(project, overrides))
-        print(f"repeat {i + 1}/{repeats}: first {firsts[-1]['total_s']} s, rerun {reruns[-1]['total_s']} s", flush=True)
+        new_data_version(project, work / f"new-data-{i}" / "reviews.csv")
+        retrains.append(run_flow(project, overrides))
+        print(
+            f"repeat {i + 1}/{repeats}: first {firsts[-1]['total_s']} s, rerun {reruns[-1]['total_s']} s, "
+            f"retrain on new data {retrains[-1]['total_s']} s",
+            flush=True,
+        )
     med = statistics.median
-    stages = sorted({s for r in firsts for s in r["stages_s"]}, key=list(firsts[0]["stages_s"]).index)
     result = {
         "machine": f"{os.cpu_count()} CPU cores",
         "smoke": smoke,
         "repeats": repeats,
-        "first": {
-            "total_s": med(r["total_s"] for r in firsts),
-            "training_s": med(r["training_s"] for r in firsts),
-            "fixed_s": med(r["fixed_s"] for r in firsts),
-            "startup_s": med(r["startup_s"] for r in firsts),
-            "orchestration_s": med(r["orchestration_s"] for r in firsts),
-            "stages_s": {s: med(r["stages_s"].get(s, 0.0) for r in firsts) for s in stages},
-        },
+        "first": _summary(firsts),
+        "retrain": _summary(retrains),
         "rerun": {
             "total_s": med(r["total_s"] for r in reruns),
             "startup_s": med(r["startup_s"] for r in reruns),
             "cached": reruns[-1]["cached"],
         },
         "targets": {"fixed_s": FIXED_TARGET_S, "rerun_s": RERUN_TARGET_S},
-        "runs": {"first": firsts, "rerun": reruns},
+        "runs": {"first": firsts, "rerun": reruns, "retrain": retrains},
     }
     result["first"]["fixed_share_of_total"] = round(result["first"]["fixed_s"] / result["first"]["total_s"], 3)
     result["met"] = {
         "fixed_s": result["first"]["fixed_s"] <= FIXED_TARGET_S,
+        "retrain_fixed_s": result["retrain"]["fixed_s"] <= FIXED_TARGET_S,
         "rerun_s": result["rerun"]["total_s"] <= RERUN_TARGET_S,
     }
     return result
 
 
+def new_data_version(project: Path, scratch: Path) -> None:
+    """The nightly case: a new version of the data file (the demo rows and 40 more) added through DVC, as a user
+    would (`nlpops data add`); every stage then runs again in the same project, against the champion."""
+    import pandas as pd
+
+    frame = pd.read_csv(project / "data" / "raw" / "reviews.csv")
+    more = frame.tail(40).assign(text=lambda f: f["text"] + " Seen again this week.")
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([frame, more], ignore_index=True).to_csv(scratch, index=False)
+    subprocess.run([_nlpops(), "data", "add", str(scratch)], cwd=project, env=_env(), check=True, capture_output=True)
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    med = statistics.median
+    stages = sorted({s for r in runs for s in r["stages_s"]}, key=list(runs[0]["stages_s"]).index)
+    return {
+        "total_s": med(r["total_s"] for r in runs),
+        "training_s": med(r["training_s"] for r in runs),
+        "fixed_s": med(r["fixed_s"] for r in runs),
+        "startup_s": med(r["startup_s"] for r in runs),
+        "orchestration_s": med(r["orchestration_s"] for r in runs),
+        "stages_s": {s: med(r["stages_s"].get(s, 0.0) for r in runs) for s in stages},
+    }
+
+
 def print_table(result: dict[str, Any]) -> None:
-    first, rerun = result["first"], result["rerun"]
+    first, rerun, retrain = result["first"], result["rerun"], result["retrain"]
     print(f"\nnlpops run on the demo data ({result['machine']}, median of {result['repeats']})")
-    print(f"  {'total':<22}{first['total_s']:>8.1f} s")
-    print(f"  {'training loop':<22}{first['training_s']:>8.1f} s")
-    print(f"  {'fixed (total - loop)':<22}{first['fixed_s']:>8.1f} s   target <= {FIXED_TARGET_S:.0f} s")
-    print(f"  {'  startup':<22}{first['startup_s']:>8.1f} s")
+    print(f"  {'':<22}{'first run':>10}  {'new data':>10}")
+    print(f"  {'total':<22}{first['total_s']:>8.1f} s  {retrain['total_s']:>8.1f} s")
+    print(f"  {'training loop':<22}{first['training_s']:>8.1f} s  {retrain['training_s']:>8.1f} s")
+    print(
+        f"  {'fixed (total - loop)':<22}{first['fixed_s']:>8.1f} s  {retrain['fixed_s']:>8.1f} s"
+        f"   target <= {FIXED_TARGET_S:.0f} s"
+    )
+    print(f"  {'  startup':<22}{first['startup_s']:>8.1f} s  {retrain['startup_s']:>8.1f} s")
     for stage, seconds in first["stages_s"].items():
         label = f"  {stage}" + (" (incl. loop)" if stage == "train" else "")
-        print(f"  {label:<22}{seconds:>8.1f} s")
-    print(f"  {'  orchestration':<22}{first['orchestration_s']:>8.1f} s")
+        print(f"  {label:<22}{seconds:>8.1f} s  {retrain['stages_s'].get(stage, 0.0):>8.1f} s")
+    print(f"  {'  orchestration':<22}{first['orchestration_s']:>8.1f} s  {retrain['orchestration_s']:>8.1f} s")
     target = f"target <= {RERUN_TARGET_S:.0f} s"
     print(f"unchanged rerun {rerun['total_s']:>8.1f} s   {target} (startup {rerun['startup_s']} s)")
 
@@ -201,19 +230,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = result["first"]
-    parts = {"startup": first["startup_s"]}
-    for stage, seconds in first["stages_s"].items():
-        parts[stage if stage != "train" else "train (other)"] = (
-            seconds if stage != "train" else max(seconds - first["training_s"], 0.0)
-        )
-    parts["training loop"] = first["training_s"]
-    parts["orchestration"] = max(first["orchestration_s"], 0.0)
-    fig, ax = plt.subplots(figsize=(8, 3))
-    left = 0.0
-    for name, seconds in parts.items():
-        ax.barh(["first run"], [seconds], left=left, label=name)
-        left += seconds
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for row, label in (("retrain", "new data"), ("first", "first run")):
+        run = result[row]
+        parts = {"startup": run["startup_s"]}
+        for stage, seconds in run["stages_s"].items():
+            parts[stage if stage != "train" else "train (other)"] = (
+                seconds if stage != "train" else max(seconds - run["training_s"], 0.0)
+            )
+        parts["training loop"] = run["training_s"]
+        parts["orchestration"] = max(run["orchestration_s"], 0.0)
+        left = 0.0
+        for i, (name, seconds) in enumerate(parts.items()):
+            ax.barh([label], [seconds], left=left, color=f"C{i}", label=name if row == "first" else None)
+            left += seconds
     ax.barh(["unchanged rerun"], [result["rerun"]["total_s"]], color="grey", label="rerun")
     ax.axvline(FIXED_TARGET_S, color="red", linestyle=":", linewidth=1)
     ax.set_xlabel("seconds")

@@ -275,6 +275,12 @@ class ExportConfig(Section):
     int8_gate_rows: int = Field(
         1000, ge=1, description="Rows of the parity split (test) both graphs are scored on for the INT8 gate."
     )
+    graph_cache: bool = Field(
+        True,
+        description="Reuse the traced graph of an earlier export of the same architecture (state_dir/cache/"
+        "onnx-graphs): only the new weights are written into it. Parity is checked as for a fresh export; a "
+        "failure exports afresh.",
+    )
 
 
 class RegisterConfig(Section):

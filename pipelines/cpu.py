@@ -93,37 +93,56 @@ def idle_share(
     return min(float(len(after)), idle + max(0.0, own))
 
 
+class IdleSample:
+    """A measurement of idle CPUs begun now and read later (`idle`): work this process does meanwhile (loading a
+    model) is the sampling window instead of a sleep, since this process's own use counts as idle."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus: set[int] | None = set(os.sched_getaffinity(0))
+            self.before = _cpu_times(self.cpus)
+        except (AttributeError, OSError, ValueError):
+            self.cpus = None
+        self.own_before, self.wall_before = time.process_time(), time.monotonic()
+
+    def idle(self, min_seconds: float = 0.5) -> float | None:
+        """Idle CPUs since the start (at least `min_seconds`: sleeps the rest); None where /proc/stat cannot tell."""
+        if self.cpus is None:
+            return None
+        time.sleep(max(0.0, min_seconds - (time.monotonic() - self.wall_before)))
+        try:
+            after = _cpu_times(self.cpus)
+        except (OSError, ValueError):
+            return None
+        if not after or not self.before:
+            return None
+        own, wall = time.process_time() - self.own_before, time.monotonic() - self.wall_before
+        return idle_share(self.before, after, own, wall)
+
+
 def idle_cores(seconds: float = 0.5) -> float | None:
     """How many of this process's CPUs sat idle over `seconds` (e.g. 0.9 of 2 when another job takes one), this
     process's own use counted as idle; None where /proc/stat cannot tell (not Linux)."""
-    try:
-        cpus = set(os.sched_getaffinity(0))
-        before, own_before, wall_before = _cpu_times(cpus), time.process_time(), time.monotonic()
-        time.sleep(seconds)
-        after, own_after, wall_after = _cpu_times(cpus), time.process_time(), time.monotonic()
-    except (AttributeError, OSError, ValueError):
-        return None
-    if not after:
-        return None
-    return idle_share(before, after, own_after - own_before, wall_after - wall_before)
+    return IdleSample().idle(seconds)
 
 
-def auto_threads() -> int:
-    """Intra-op threads for training: the usable cores that are idle now (a core counts from 3/4 idle), >= 1."""
+def auto_threads(sample: IdleSample | None = None) -> int:
+    """Intra-op threads for training: the usable cores that are idle now (a core counts from 3/4 idle), >= 1.
+    `sample`: a measurement begun earlier (else one of 0.5 s now)."""
     cores = usable_cores()
-    idle = idle_cores()
+    idle = sample.idle() if sample is not None else idle_cores()
     if idle is None:
         return cores
     return max(1, min(cores, math.floor(idle + 0.25)))
 
 
-def configure_threads(num_threads: int | None) -> int:
-    """Set torch's intra-op threads (num_threads, else `auto_threads` within OMP_NUM_THREADS) and one inter-op
-    thread. Returns the intra-op thread count now in effect."""
+def configure_threads(num_threads: int | None, sample: IdleSample | None = None) -> int:
+    """Set torch's intra-op threads (num_threads, else `auto_threads` within OMP_NUM_THREADS, from `sample` when
+    given) and one inter-op thread. Returns the intra-op thread count now in effect."""
     import torch
 
     if not num_threads:
-        num_threads = auto_threads()
+        num_threads = auto_threads(sample)
         with contextlib.suppress(ValueError):  # torchrun's per-rank share, or a user's limit
             num_threads = min(num_threads, max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or num_threads))
     torch.set_num_threads(num_threads)

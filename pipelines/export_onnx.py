@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -289,7 +290,14 @@ def serve_int8_if_it_passes(
         candidate.unlink(missing_ok=True)
 
 
-def _int8_skip_reason(cfg: ExportConfig, task: Task, external: bool) -> str:
+def int8_gate_min_rows(cfg: ExportConfig) -> int:
+    """Gate rows below which export.quantise auto does not try INT8: one changed row must fit in the allowed drop
+    (100 / int8_max_drop rows: 200 for 0.5 points). With fewer, one row moves the metric by more than the drop
+    allowed, so any single changed prediction fails the gate: quantising (~2 s for MiniLM) would buy nothing."""
+    return math.ceil(100.0 / cfg.int8_max_drop) if cfg.int8_max_drop > 0 else 1
+
+
+def _int8_skip_reason(cfg: ExportConfig, task: Task, external: bool, gate_rows: int) -> str:
     """Why the INT8 graph is not even tried ('' when it is)."""
     if cfg.quantise == "none":
         return "export.quantise is none"
@@ -297,10 +305,19 @@ def _int8_skip_reason(cfg: ExportConfig, task: Task, external: bool) -> str:
         return f"{task.name} is served in fp32"
     if external:
         return "not quantised: the weights are in an external data file"
+    need = int8_gate_min_rows(cfg)
+    if cfg.quantise == "auto" and gate_rows < need:
+        return (
+            f"not tried: the INT8 gate would score {gate_rows} rows, where one changed row moves the metric by "
+            f"{100.0 / max(gate_rows, 1):.2f} points, more than export.int8_max_drop {cfg.int8_max_drop:g} "
+            f"(export.quantise auto tries INT8 from {need} rows; int8 forces it)"
+        )
     return ""
 
 
-def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportConfig, task: Task) -> dict:
+def export_onnx(
+    model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportConfig, task: Task, cache_dir: Path | None = None
+) -> dict:
     """model.onnx (and any further graph the task exports) + tokenizer/ + serving.json + parity.json in out_dir;
     ParityError if ONNX and PyTorch disagree. `test_parquet`: the clean split parity runs on (the task's
     spec.parity_split).
@@ -309,11 +326,14 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     weights when they pass the INT8 gate (export.quantise). Parity against PyTorch (within export.atol) is checked
     on the fp32 graph; the INT8 graph is judged by the task metric against fp32 instead. One ORT session serves the
     parity check, the fp32 side of the INT8 gate and, when fp32 is served, the latency runs. parity.json records
-    `graph` (optimised, fused_ops, precision) and `int8` (the gate's figures and decision)."""
+    `graph` (optimised, fused_ops, precision, source: exported or cached) and `int8` (the gate's figures and
+    decision). `cache_dir` (export.graph_cache): traced graphs reused for the same architecture
+    (pipelines/onnx_cache.py); when parity fails on a reused graph, the graph is exported afresh and checked again."""
     import pandas as pd
 
     from pipelines.hashing import file_digest
-    from pipelines.serving import load_runtime, ort_session
+    from pipelines.onnx_cache import GraphCache
+    from pipelines.serving import load_runtime
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     frame = pd.read_parquet(test_parquet)
@@ -326,28 +346,23 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     spec = graphs["model.onnx"]
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    from pipelines import progress
-
-    progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
-    input_names = export_model_to_onnx(spec, onnx_path, cfg.opset)
-    for name, graph_spec in graphs.items():
-        if name != "model.onnx":
-            export_model_to_onnx(graph_spec, out_dir / name, cfg.opset)
-    external = needs_external_data(spec)
-    graph = optimise_graph(onnx_path, cfg, task, external)
-
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)  # no stale files from an earlier export
     with _captured():
         tokenizer.save_pretrained(out_dir / "tokenizer")  # the files AutoTokenizer needs, tokenizer.json included
     serving = {**task.serving_config(model, tokenizer, spec), "opset": int(cfg.opset)}
     (out_dir / "serving.json").write_text(json.dumps(serving, indent=2), encoding="utf-8")
 
-    session = None
-    parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)
-    if parity is None:
-        session = ort_session(onnx_path)
-        feeds = task.parity_feeds(tokenizer, rows, input_names)
-        parity = onnx_parity(onnx_path, spec, task, feeds, cfg.atol, session=session)
+    external = needs_external_data(spec)
+    cache = GraphCache(cache_dir) if cache_dir is not None and not external else None
+    graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, cache)
+    if not parity["passed"] and graph["source"] == "cached":
+        from pipelines import progress
+
+        assert cache is not None
+        progress.message("parity failed on the reused graph: exporting it afresh", stage="export")
+        for graph_spec in graphs.values():
+            cache.drop(graph_spec, cfg.opset)
+        graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, None)
     if parity["passed"]:
         id2label = {int(i): str(name) for i, name in (getattr(model.config, "id2label", None) or {}).items()}
         runtime, parity["int8"] = serve_int8_if_it_passes(
@@ -357,7 +372,7 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
             frame,
             cfg,
             id2label,
-            _int8_skip_reason(cfg, task, external),
+            _int8_skip_reason(cfg, task, external, min(len(frame), cfg.int8_gate_rows)),
         )
         graph["precision"] = "int8" if parity["int8"]["served"] else "fp32"
         parity.update(onnx_latency(runtime, task.runtime_inputs(rows), cfg.latency_runs))
@@ -375,6 +390,45 @@ def export_onnx(model_dir: Path, test_parquet: Path, out_dir: Path, cfg: ExportC
     if cfg.quantise == "int8" and "passed" in int8 and not int8["served"]:  # tried, and the gate said no
         raise ParityError(f"{onnx_path}: export.quantise is int8 but the INT8 graph is not served: {_int8_text(int8)}")
     return {**parity, "onnx_path": str(onnx_path)}
+
+
+def write_graph(spec: ExportSpec, onnx_path: Path, opset: int, cache: Any = None) -> str:
+    """onnx_path from spec: "cached" when the cache held this architecture's traced graph (the weights written
+    into it), else "exported" (a fresh torch export, then kept in the cache when one is given)."""
+    if cache is not None and cache.fill(spec, onnx_path, opset):
+        return "cached"
+    export_model_to_onnx(spec, onnx_path, opset)
+    if cache is not None:
+        with contextlib.suppress(Exception):  # the cache saves time; failing to fill it costs none of the export
+            cache.remember(spec, onnx_path, opset)
+    return "exported"
+
+
+def _graphs_with_parity(
+    graphs: dict[str, ExportSpec], out_dir: Path, cfg: ExportConfig, task: Task, tokenizer: Any, rows: Any, cache: Any
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Write every graph (fresh or from the cache), fuse model.onnx, check parity: the graph record, the parity
+    record and the ORT session parity ran on (None when the task checks parity its own way)."""
+    from pipelines import progress
+    from pipelines.serving import ort_session
+
+    spec, onnx_path = graphs["model.onnx"], out_dir / "model.onnx"
+    progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
+    sources = {name: write_graph(graph_spec, out_dir / name, cfg.opset, cache) for name, graph_spec in graphs.items()}
+    if "cached" in sources.values():
+        reused = ", ".join(name for name, source in sources.items() if source == "cached")
+        message = f"{reused}: the traced graph of an earlier export, new weights (export.graph_cache)"
+        progress.message(message, stage="export")
+    input_names = list(spec.input_names)
+    graph = optimise_graph(onnx_path, cfg, task, needs_external_data(spec))
+    graph["source"] = "cached" if "cached" in sources.values() else "exported"
+    session = None
+    parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)
+    if parity is None:
+        session = ort_session(onnx_path)
+        feeds = task.parity_feeds(tokenizer, rows, input_names)
+        parity = onnx_parity(onnx_path, spec, task, feeds, cfg.atol, session=session)
+    return graph, parity, session
 
 
 def _int8_text(record: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ first run of every new project): the server's bootstrap copies in the template o
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -24,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipelines import db_templates
@@ -77,6 +79,16 @@ class TemporaryServer:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.ready = False
         atexit.register(self.stop)
+
+    def answers(self) -> bool:
+        """One quick /health call (no waiting): True once the API answers."""
+        if not self.ready and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=0.2) as response:
+                    self.ready = response.status == 200
+            except (urllib.error.URLError, OSError):
+                pass
+        return self.ready
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the API answers /health; ServiceError naming the log if it exits or does not answer."""
@@ -158,6 +170,27 @@ def _tail(path: Path, chars: int = 600) -> str:
     return f": ...{text[-chars:]}" if text else ""
 
 
+def flow_settings() -> contextlib.AbstractContextManager[object]:
+    """Prefect settings for a flow run on the temporary server: no flow-run heartbeats. They let a long-lived
+    server mark a crashed run; this server ends with the run, and a sync flow's exit waits for the heartbeat
+    thread's next 1 s tick (0.5-1 s of every run). With a real server (PREFECT_API_URL) nothing changes."""
+    if _server is None:
+        return contextlib.nullcontext()
+    import prefect.settings as settings
+
+    return settings.temporary_settings(updates={settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def stop_early() -> None:
+    """The run needs no server after all (every stage current): end the one start_early launched."""
+    global _server
+    if _server is not None:
+        _server.process.kill()
+        _server.process.wait()
+        _server = None
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def start_early() -> TemporaryServer | None:
     """Launch the temporary server when this process will need one (no PREFECT_API_URL; Prefect not yet imported,
     else its settings already hold no URL and its own ephemeral mode takes over); returns it, or None."""
@@ -172,8 +205,14 @@ def start_early() -> TemporaryServer | None:
     return _server
 
 
-def wait_ready() -> None:
-    """Wait for the server start_early launched (nothing when none was)."""
+def wait_ready(warm: Sequence[Callable[[], object]] = ()) -> None:
+    """Wait for the server start_early launched (nothing when none was). Meanwhile `warm` runs step by step
+    (imports the run's first stages will need) while the server does not answer yet: the wait does their work."""
     if _server is not None:
+        for step in warm:
+            if _server.answers():
+                break
+            with contextlib.suppress(Exception):  # the stage that needs it imports it again and says what is wrong
+                step()
         timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180)
         _server.wait_ready(timeout)

@@ -120,12 +120,12 @@ def keep_dvc_lock_in_step(params: Params) -> str:
     return message
 
 
-def up_to_date(params: Params) -> dict[str, Any] | None:
+def up_to_date(params: Params, stale: list[str] | None = None) -> dict[str, Any] | None:
     """Every stage's outputs on disk were produced under the fingerprint this run would compute: the flow's result
     (every stage Cached, the summaries from the stamps) without starting Prefect, or None when anything would run.
 
     The same facts as the flow's cache keys: params, inputs and code per stage, the training run present on the
-    current MLflow store, and the champion the gate compares with.
+    current MLflow store, and the champion the gate compares with. `stale` gets the first stage that would run.
     """
     from pipelines.registry import alias_version
     from pipelines.stores import run_exists
@@ -136,19 +136,26 @@ def up_to_date(params: Params) -> dict[str, Any] | None:
         stamp = read_stamp(params, stage)
         summary = _summary_of(stamp)
         if summary is None:
-            return None
+            return _stale(stale, stage)
         champion = None
         if stage == "evaluate":
             if not run_exists(results["train"].get("run_id")):  # the flow's check: else it re-logs the training
-                return None
+                return _stale(stale, "train")
             version = alias_version(params.project.registered_model, params.register_.champion_alias)
             if version is not None and version.run_id != results["train"]["run_id"]:
                 champion = str(version.version)
         fingerprint = stage_fingerprint(params, stage, fingerprint_extra(stage, results, champion))
         if not _stamp_matches(params, stage, fingerprint, stamp):
-            return None
+            return _stale(stale, stage)
         results[stage], fingerprints[stage] = summary, fingerprint
     return {"states": dict.fromkeys(STAGE_ORDER, "Cached"), "results": results, "fingerprints": fingerprints}
+
+
+def _stale(stale: list[str] | None, stage: str) -> dict[str, Any] | None:
+    """up_to_date's "something would run" (None), noting in `stale` the first stage that would."""
+    if stale is not None:
+        stale.append(stage)
+    return None
 
 
 def cache_reason(stage: str, fingerprint: str) -> str:

@@ -327,9 +327,9 @@ def train_model(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from pipelines.cpu import configure_threads
+    from pipelines.cpu import IdleSample, configure_threads
 
-    threads = configure_threads(train_cfg.num_threads)
+    idle_sample = IdleSample()  # the thread rule's idle-CPU sample spans the model load below, not a sleep
     set_seed(train_cfg.seed)
     train_rows = read_tokenised_split(tokenised_dir / "train.parquet")
     val_rows = read_tokenised_split(tokenised_dir / "validation.parquet")
@@ -349,6 +349,7 @@ def train_model(
     val_frame.attrs["split"] = "validation"  # as tokenise marks its splits: a task may score validation apart
 
     model = task.build_model(model_path, id2label, model_cfg)
+    threads = configure_threads(train_cfg.num_threads, idle_sample)
     freezing = apply_freezing(model, model_cfg)
     fast_path = task.training_fast_path(model) if train_cfg.skip_unread_positions else None
     # --- fine-tuning strategies: re-initialised top layers, LLRD/head-LR groups, gradual unfreezing

@@ -101,29 +101,32 @@ def run_flow(
             from pipelines.paths import StagePaths
             from pipelines.tracking import configure_tracking
 
-            # Nothing to run (every stage's outputs current): the flow's result without starting Prefect. A first
-            # run (no stamps) need not look, nor open the store before the server is launched.
+            # Nothing to run (every stage's outputs current): the flow's result without a flow (the server
+            # launched meanwhile is ended). A first run (no stamps) need not look. The temporary Prefect server
+            # boots on the other core while this process looks whether anything is to run, opens (on a first run:
+            # creates) the MLflow store, imports Prefect and then what the first stages to run import.
             look = not if_changed and any(StagePaths.from_params(params).stamps_dir.glob("*.json"))
+            prefect_server.start_early()
+            stale: list[str] = []
             if look:
                 configure_tracking(params)
-            current = _current_run(params, params_file, overrides, experiment) if look else None
+            current = _current_run(params, params_file, overrides, experiment, stale) if look else None
             if current is not None:
+                prefect_server.stop_early()  # every stage current: no flow to run
                 result = current
             else:
-                # The temporary Prefect server boots on the other core while this process imports Prefect and
-                # opens (on a first run: creates) the MLflow store, which the flow needs first.
-                prefect_server.start_early()
                 from flows.retrain import retrain
 
                 if not look:  # else configured above
                     configure_tracking(params)
-                prefect_server.wait_ready()
-                result = retrain(  # type: ignore[assignment]
-                    params_file=params_file,
-                    overrides=overrides or [],
-                    skip_if_unchanged=if_changed,
-                    experiment=experiment,
-                )
+                prefect_server.wait_ready(warm=_warm_imports(params, stale[0] if stale else None))
+                with prefect_server.flow_settings():
+                    result = retrain(  # type: ignore[assignment]
+                        params_file=params_file,
+                        overrides=overrides or [],
+                        skip_if_unchanged=if_changed,
+                        experiment=experiment,
+                    )
     if result.get("skipped"):
         from pipelines import progress
 
@@ -136,14 +139,18 @@ def run_flow(
 
 
 def _current_run(
-    params: Params, params_file: str, overrides: list[str] | None, experiment: str | None
+    params: Params,
+    params_file: str,
+    overrides: list[str] | None,
+    experiment: str | None,
+    stale: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """Every stage current (pipelines.stage_cache.up_to_date; tracking configured): say so per stage, keep dvc.lock
-    in step; else None."""
+    in step; else None (and `stale` gets the first stage that would run)."""
     from pipelines import progress
     from pipelines.stage_cache import cache_reason, keep_dvc_lock_in_step, syncs_dvc_lock, up_to_date
 
-    current = up_to_date(params)
+    current = up_to_date(params, stale)
     if current is None:
         return None
     for stage, fingerprint in current.pop("fingerprints").items():
@@ -151,6 +158,43 @@ def _current_run(
     if syncs_dvc_lock(params_file, overrides, experiment):
         current["results"]["dvc"] = keep_dvc_lock_in_step(params)
     return current
+
+
+def _warm_imports(params: Params, first: str | None) -> list[Any]:
+    """What the stages from `first` on (None: all) import first, in stage order, for the wait on the Prefect server:
+    Great Expectations (validate), the tokenizer classes (tokenise), torch and the model's transformers module
+    (train). Each step is an import the stage would do anyway, so a step the server's readiness cuts short moves
+    work earlier and adds none."""
+    import importlib
+
+    order = list(STAGE_ORDER)
+    start = order.index(first) if first in order else 0
+    steps: list[Any] = []
+    if start <= order.index("validate"):
+        from pipelines.data.validate import _import_gx
+
+        steps.append(_import_gx)
+    if start <= order.index("tokenise"):
+        steps.append(lambda: importlib.import_module("transformers.models.auto.tokenization_auto"))
+    if start <= order.index("train"):
+        steps.append(lambda: importlib.import_module("torch"))
+        steps.append(lambda: importlib.import_module("transformers.modeling_utils"))
+        model_type = _model_type(params)
+        if model_type:
+            steps.append(lambda: importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}"))
+    return steps
+
+
+def _model_type(params: Params) -> str | None:
+    """config.json's model_type of model.path (the bundled MiniLM when empty), or None."""
+    try:
+        from pipelines.pretrained import bundled_model_path
+
+        folder = Path(params.model.path) if params.model.path else bundled_model_path()
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except Exception:
+        return None
+    return str(model_type).replace("-", "_") if model_type else None
 
 
 def _print_run_report(params: Params, result: dict[str, Any], seconds: float, named: bool = False) -> None:

@@ -31,3 +31,20 @@ def test_auto_threads_takes_the_cores_idle_at_three_quarters(
 def test_idle_cores_samples_proc_stat_on_linux() -> None:
     idle = cpu.idle_cores(0.05)
     assert idle is None or 0.0 <= idle <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux /proc/stat")
+def test_idle_sample_spans_the_work_done_meanwhile() -> None:
+    """A sample begun before a model load counts the load's window: this process's busy core is idle to it, and
+    the window is topped up to the minimum only when the work was shorter."""
+    import time
+
+    sample = cpu.IdleSample()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # busy, as a model load is
+        sum(range(1000))
+    started = time.monotonic()
+    idle = sample.idle(min_seconds=0.5)
+    assert 0.15 <= time.monotonic() - started <= 0.4  # only the rest of the 0.5 s is slept
+    assert idle is not None and 0.0 <= idle <= len(os.sched_getaffinity(0))
+    assert idle >= 0.75  # its own busy core counts as idle (another job may hold the rest, on a shared machine)

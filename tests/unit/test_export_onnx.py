@@ -209,7 +209,7 @@ def test_served_graph_has_fused_attention(single_export: tuple[Path, dict]) -> N
 
     out_dir, result = single_export
     fused = {"Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}  # 2 layers in the tiny BERT
-    assert result["graph"] == {"optimised": True, "fused_ops": fused, "precision": "fp32"}
+    assert result["graph"] == {"optimised": True, "fused_ops": fused, "precision": "fp32", "source": "exported"}
     assert graph_op_counts(out_dir / "model.onnx", CONTRIB_DOMAIN) == fused
     assert "Softmax" not in graph_op_counts(out_dir / "model.onnx", "")  # no unfused attention left
     assert result["int8"] == {"served": False, "note": "export.quantise is none"}
@@ -274,9 +274,8 @@ def test_int8_gate_failure_serves_fp32_or_fails_when_int8_is_required(
     reuse_fixture_export(monkeypatch, single_export[0] / "model.onnx")
     monkeypatch.setattr(export_module, "int8_gate", failing_gate)
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
-    result = export_onnx(
-        tiny_model_dir, test_parquet, tmp_path / "auto", ExportConfig(parity_rows=10, latency_runs=0), classifier_task()
-    )
+    auto = ExportConfig(parity_rows=10, latency_runs=0, int8_max_drop=10.0)  # 12 rows resolve 10 points
+    result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "auto", auto, classifier_task())
     assert result["graph"]["precision"] == "fp32"
     assert result["int8"]["served"] is False and result["int8"]["drop_points"] == pytest.approx(10.0)
     ops = graph_op_counts(tmp_path / "auto" / "model.onnx")
@@ -325,3 +324,98 @@ def test_int8_figures_are_points_of_the_metric() -> None:
     assert ok["drop_points"] == pytest.approx(0.22) and ok["passed"] is True
     assert int8_figures("accuracy", 0.8612, 0.8544, 0.97, 1000, 0.5)["passed"] is False  # -0.68 points
     assert int8_figures("accuracy", 0.80, 0.81, 0.97, 1000, 0.0)["drop_points"] == pytest.approx(-1.0)
+
+
+def test_auto_int8_is_not_tried_when_one_row_exceeds_the_allowed_drop(
+    single_export: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 gate rows: one changed row is 8.3 points, more than the 0.5 allowed, so auto keeps fp32 without
+    quantising (it says why); int8 still quantises and gates."""
+    import pipelines.export_onnx as export_module
+    from pipelines.export_onnx import int8_gate_min_rows
+
+    assert int8_gate_min_rows(ExportConfig()) == 200 and int8_gate_min_rows(ExportConfig(int8_max_drop=2.0)) == 50
+    reuse_fixture_export(monkeypatch, single_export[0] / "model.onnx")
+    quantised: list[Path] = []
+    real = export_module.serve_int8_if_it_passes
+    monkeypatch.setattr("pipelines.onnx_optimise.quantise_int8", lambda src, dst: quantised.append(dst) or 1 / 0)
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
+    result = export_onnx(
+        tiny_model_dir, test_parquet, tmp_path / "auto", ExportConfig(parity_rows=10, latency_runs=0), classifier_task()
+    )
+    assert quantised == [] and result["graph"]["precision"] == "fp32" and result["int8"]["served"] is False
+    assert "12 rows" in result["int8"]["note"] and "from 200 rows" in result["int8"]["note"]
+    assert real is export_module.serve_int8_if_it_passes
+    cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="int8")
+    with pytest.raises(ParityError, match="quantise is int8"):
+        export_onnx(tiny_model_dir, test_parquet, tmp_path / "int8", cfg, classifier_task())
+    assert len(quantised) == 1  # forced: tried (and here failed)
+
+
+def perturbed_copy(model_dir: Path, dst: Path, scale: float) -> Path:
+    """The tiny model with every weight moved a little: another training run of the same architecture."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(model_dir, dst)
+    model = AutoModelForSequenceClassification.from_pretrained(dst)
+    generator = torch.Generator().manual_seed(int(scale * 1000))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    model.save_pretrained(dst)
+    return dst
+
+
+def test_graph_cache_reuses_the_trace_byte_for_byte(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A second export of the same architecture (other weights) reuses the traced graph: the served graph is the
+    same bytes a fresh export gives, parity passes, and the cache holds the graph without its weights."""
+    cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="none")
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
+    cache = tmp_path / "cache"
+    # The tiny model fresh from its init has equal tensors (zero biases), which the exporter merges: not kept.
+    untrained = export_onnx(tiny_model_dir, test_parquet, tmp_path / "u", cfg, classifier_task(), cache)
+    assert untrained["graph"]["source"] == "exported" and not list(cache.glob("*/slots.json"))
+    trained = perturbed_copy(tiny_model_dir, tmp_path / "trained-model", 0.01)
+    first = export_onnx(trained, test_parquet, tmp_path / "a", cfg, classifier_task(), cache)
+    assert first["graph"]["source"] == "exported"
+    (entry,) = list(cache.iterdir())
+    slots = json.loads((entry / "slots.json").read_text())
+    assert {how for _, how in slots.values()} == {"same", "transpose"}  # Linear weights are stored transposed
+    import onnx
+
+    kept = {init.name: init for init in onnx.load(str(entry / "graph.onnx")).graph.initializer}
+    assert set(slots) <= set(kept) and all(not kept[name].raw_data for name in slots)  # the graph, no weights
+
+    other = perturbed_copy(tiny_model_dir, tmp_path / "other-model", 0.02)
+    reused = export_onnx(other, test_parquet, tmp_path / "b", cfg, classifier_task(), cache)
+    fresh = export_onnx(other, test_parquet, tmp_path / "c", cfg, classifier_task())
+    assert reused["graph"]["source"] == "cached" and fresh["graph"]["source"] == "exported"
+    assert reused["passed"] is True and reused["max_abs_diff"] == fresh["max_abs_diff"]
+    assert reused["onnx_sha256"] == fresh["onnx_sha256"] != first["onnx_sha256"]
+
+
+def test_graph_cache_entry_that_fails_parity_is_dropped_and_exported_afresh(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A cache entry whose map is wrong (two weights swapped) gives a graph that fails parity: the export says so,
+    drops the entry, exports afresh and passes; an unreadable entry is dropped before use."""
+    cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="none")
+    test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
+    cache = tmp_path / "cache"
+    tiny_model_dir = perturbed_copy(tiny_model_dir, tmp_path / "trained-model", 0.01)
+    export_onnx(tiny_model_dir, test_parquet, tmp_path / "a", cfg, classifier_task(), cache)
+    (entry,) = list(cache.iterdir())
+    slots = json.loads((entry / "slots.json").read_text())
+    square = [name for name, (_, how) in slots.items() if how == "transpose"][:2]
+    slots[square[0]], slots[square[1]] = slots[square[1]], slots[square[0]]  # query <-> key weights (same shape)
+    (entry / "slots.json").write_text(json.dumps(slots))
+    result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "b", cfg, classifier_task(), cache)
+    assert result["passed"] is True and result["graph"]["source"] == "exported"
+    assert result["onnx_sha256"] == file_digest(tmp_path / "a" / "model.onnx")
+    (entry,) = list(cache.iterdir())  # kept again from the fresh export
+    (entry / "graph.onnx").write_bytes(b"not a graph")
+    result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "c", cfg, classifier_task(), cache)
+    assert result["passed"] is True and result["graph"]["source"] == "exported"

@@ -62,3 +62,64 @@ def test_a_configured_or_existing_database_is_never_seeded(tmp_path: Path, monke
     monkeypatch.setenv(prefect_server._SEED_ENV, str(home / "prefect.db"))
     prefect_server.seed_database()
     assert (home / "prefect.db").read_bytes() == b"kept"
+
+
+class _FakeServer:
+    """Answers /health from the `after`-th look on; a process that is still running."""
+
+    def __init__(self, after: int) -> None:
+        self.looks, self.after, self.waited = 0, after, False
+
+        class _Process:
+            killed = False
+
+            def kill(self) -> None:
+                self.killed = True
+
+            def wait(self) -> int:
+                return -9
+
+        self.process = _Process()
+
+    def answers(self) -> bool:
+        self.looks += 1
+        return self.looks > self.after
+
+    def wait_ready(self, timeout_s: float) -> None:
+        self.waited = True
+
+
+def test_the_wait_does_the_warm_steps_until_the_server_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages' imports run while the server boots, one per look, and stop once it answers; a failing step is
+    left to the stage that needs it."""
+    server = _FakeServer(after=2)
+    monkeypatch.setattr(prefect_server, "_server", server)
+    done: list[str] = []
+    steps = [lambda: done.append("a"), lambda: 1 / 0, lambda: done.append("c"), lambda: done.append("d")]
+    prefect_server.wait_ready(warm=steps)
+    assert done == ["a"] and server.looks == 3 and server.waited  # 'a', the failing step, then it answered
+
+
+def test_a_run_with_nothing_to_do_ends_the_early_server_and_its_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _FakeServer(after=0)
+    monkeypatch.setattr(prefect_server, "_server", server)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    prefect_server.stop_early()
+    assert server.process.killed and prefect_server._server is None
+    import os
+
+    assert "PREFECT_API_URL" not in os.environ
+
+
+def test_flows_on_the_temporary_server_send_no_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats mark crashed runs on a server that outlives them; the temporary one does not, and a sync flow's
+    exit would wait for the heartbeat thread's next tick. With a real server the settings stay as they are."""
+    from prefect.settings import get_current_settings
+
+    monkeypatch.setattr(prefect_server, "_server", None)
+    with prefect_server.flow_settings():
+        default = get_current_settings().flows.heartbeat_frequency
+    monkeypatch.setattr(prefect_server, "_server", _FakeServer(after=0))
+    with prefect_server.flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert default is not None and get_current_settings().flows.heartbeat_frequency == default

@@ -59,10 +59,21 @@ def test_only_a_plain_run_of_params_yaml_syncs_dvc_lock() -> None:
 
 
 def test_no_stamps_or_missing_outputs_mean_the_flow_must_run(params: Params) -> None:
-    assert up_to_date(params) is None  # nothing ran yet
+    stale: list[str] = []
+    assert up_to_date(params, stale) is None and stale == ["validate"]  # nothing ran yet: from the first stage
     for stage in STAGE_ORDER:
         write_stamp(params, stage, "x", {"run_id": "r"})
     assert up_to_date(params) is None  # stamps without outputs on disk (or with other fingerprints)
+
+
+def test_the_wait_for_prefect_warms_only_the_stages_that_will_run(params: Params) -> None:
+    """`nlpops run` imports what the first stage to run needs while the Prefect server boots: everything on a
+    first run, nothing of validate/tokenise when training is the first stage to run, nothing after train."""
+    from pipelines.cli.stages import _warm_imports
+
+    assert len(_warm_imports(params, None)) == len(_warm_imports(params, "validate")) == 5  # GX, tokenizer, torch, HF
+    assert len(_warm_imports(params, "train")) == 3
+    assert _warm_imports(params, "export") == []
 
 
 def test_the_cache_reason_names_the_params_sections() -> None:

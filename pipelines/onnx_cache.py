@@ -1,0 +1,247 @@
+"""Traced ONNX graphs kept between exports of the same architecture (export.graph_cache).
+
+torch's dynamo export traces the model, decomposes it and optimises the graph: about 6 s of the export stage for
+MiniLM, the same work every night for the same architecture. What changes between two nightly runs is only the
+weights. After a fresh export, the graph is kept without its weights under `state_dir/cache/onnx-graphs/<key>/`,
+with a map from each weight initializer to the model tensor it holds (the exporter names most initializers like
+the parameters; the ones it folded, such as Linear weights stored transposed for MatMul, are matched by value).
+The next export of a model with the same key writes the new weights into that graph instead of tracing.
+
+The key covers what shapes the traced graph: the wrapper module's class and the source of the file defining it,
+every submodule's class and plain settings, the model config, the names, shapes and dtypes of parameters and
+buffers, the inputs and their dynamic axes, the opset and the versions of torch, transformers, onnx and onnxscript.
+A graph that cannot be mapped (an initializer that is neither a model tensor nor a small constant, or one matching
+several tensors, or a model with two equal tensors, which the exporter merges into one initializer) is not kept. The
+export stage's parity check against PyTorch runs on a cached graph as on a fresh one; when it fails the entry is
+dropped and the graph exported afresh (pipelines.export_onnx.export_onnx). A filled graph is byte-identical to a
+fresh export of the same weights (tested), so the served file and its digest do not depend on the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.tasks.base import ExportSpec
+
+FORMAT = 1
+KEEP_ENTRIES = 4  # most recently used graphs kept per project
+SMALL_CONSTANT = 16  # initializers of at most this many elements that match no tensor are the graph's constants
+GRAPH_FILE = "graph.onnx"
+SLOTS_FILE = "slots.json"
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "transformers", "onnx", "onnxscript"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        versions[name] = str(getattr(module, "__version__", "?"))
+    return versions
+
+
+def _source_digest(cls: type) -> str:
+    try:
+        source = inspect.getsource(sys.modules[cls.__module__])
+    except (OSError, TypeError, KeyError):
+        source = cls.__module__ + "." + cls.__qualname__
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def _model_config(module: Any) -> dict[str, Any]:
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            data = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path",)}
+            data["_attn_implementation"] = getattr(config, "_attn_implementation", None)
+            return data
+    return {}
+
+
+def _tensors(module: Any) -> dict[str, Any]:
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    return tensors
+
+
+def _plain_attributes(module: Any) -> list[tuple[str, str, Any]]:
+    """Every submodule's own plain settings (numbers, strings, flags, tuples of them): a wrapper's constant
+    (a bias, a length) is traced into the graph like code."""
+    plain = (bool, int, float, str, type(None))
+    found = []
+    for prefix, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            if name.startswith("_") or name in ("training", "name_or_path"):  # not traced: where it was loaded from
+                continue
+            if isinstance(value, plain) or (
+                isinstance(value, (tuple, list)) and all(isinstance(v, plain) for v in value)
+            ):
+                found.append((prefix, name, value))
+    return found
+
+
+def graph_key(spec: ExportSpec, opset: int) -> str:
+    """What the traced graph depends on besides the weights' values, hashed."""
+    from pipelines import export_onnx
+
+    module = spec.module
+    facts = {
+        "format": FORMAT,
+        "wrapper": f"{type(module).__module__}.{type(module).__qualname__}",
+        "wrapper_source": _source_digest(type(module)),
+        "exporter_source": hashlib.sha256(inspect.getsource(export_onnx.export_model_to_onnx).encode()).hexdigest(),
+        "modules": [f"{type(m).__module__}.{type(m).__qualname__}" for m in module.modules()],
+        "config": _model_config(module),
+        "attributes": _plain_attributes(module),
+        "tensors": [(name, list(t.shape), str(t.dtype)) for name, t in _tensors(module).items()],
+        "inputs": spec.input_names,
+        "outputs": spec.output_names,
+        "dynamic_axes": {k: {str(a): label for a, label in v.items()} for k, v in spec.dynamic_axes.items()},
+        "examples": [(list(x.shape), str(x.dtype)) if hasattr(x, "shape") else repr(x) for x in spec.example_inputs],
+        "opset": int(opset),
+        "versions": _versions(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class GraphCache:
+    """One folder of weight-less traced graphs (one per key) and their weight maps."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    # ------------------------------------------------------------------ reuse
+
+    def fill(self, spec: ExportSpec, onnx_path: Path, opset: int) -> bool:
+        """Write onnx_path from the cached graph of spec's key with spec.module's weights; False when there is none
+        (or it cannot be read: then it is dropped)."""
+        key = graph_key(spec, opset)
+        folder = self.entry(key)
+        if not (folder / SLOTS_FILE).is_file() or not (folder / GRAPH_FILE).is_file():
+            return False
+        try:
+            import numpy as np
+            import onnx
+            from onnx import helper
+
+            slots = json.loads((folder / SLOTS_FILE).read_text(encoding="utf-8"))
+            model = onnx.load(str(folder / GRAPH_FILE))
+            tensors = _tensors(spec.module)
+            filled = 0
+            for init in model.graph.initializer:
+                slot = slots.get(init.name)
+                if slot is None:
+                    continue
+                name, how = slot
+                array = tensors[name].detach().cpu().numpy()
+                if how == "transpose":
+                    array = array.T
+                dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+                if list(array.shape) != list(init.dims) or array.dtype != dtype:
+                    raise ValueError(f"{init.name}: {name} is {array.shape} {array.dtype}, the graph wants {init.dims}")
+                init.raw_data = np.ascontiguousarray(array).tobytes()
+                filled += 1
+            if filled != len(slots):
+                raise ValueError(f"{filled} of {len(slots)} weight initializers found in the graph")
+            onnx_path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save_model(model, str(onnx_path))
+        except Exception:  # a damaged or foreign entry: forget it, export afresh
+            self.drop(spec, opset)
+            return False
+        os.utime(folder)  # most recently used
+        return True
+
+    def drop(self, spec: ExportSpec, opset: int) -> None:
+        shutil.rmtree(self.entry(graph_key(spec, opset)), ignore_errors=True)
+
+    # ------------------------------------------------------------------ keeping
+
+    def remember(self, spec: ExportSpec, onnx_path: Path, opset: int) -> bool:
+        """Keep onnx_path's graph without its weights, mapped to spec.module's tensors; False when it cannot be
+        mapped (nothing is kept)."""
+        import numpy as np
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(onnx_path))
+        tensors = {name: t.detach().cpu().numpy() for name, t in _tensors(spec.module).items()}
+        slots = _weight_slots(model, tensors, np, numpy_helper)
+        if slots is None:
+            return False
+        for init in model.graph.initializer:
+            if init.name in slots:
+                init.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    init.ClearField(field)  # type: ignore[arg-type]
+        key = graph_key(spec, opset)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
+        try:
+            onnx.save_model(model, str(tmp / GRAPH_FILE))
+            (tmp / SLOTS_FILE).write_text(json.dumps(slots, indent=1, sort_keys=True), encoding="utf-8")
+            final = self.entry(key)
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.prune()
+        return True
+
+    def prune(self, keep: int = KEEP_ENTRIES) -> None:
+        entries = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _weight_slots(model: Any, tensors: dict[str, Any], np: Any, numpy_helper: Any) -> dict[str, list[str]] | None:
+    """{initializer: [tensor name, "same" | "transpose"]} for every initializer holding a model tensor (by name, else
+    by value); None when an initializer larger than a small constant matches no tensor, or several, or when two
+    model tensors are equal (the exporter merges equal initializers: another model's weights would not fit)."""
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    contents: set[tuple[Any, ...]] = set()
+    for name, array in tensors.items():
+        by_shape.setdefault(tuple(array.shape), []).append(name)
+        digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest()
+        if (array.shape, array.dtype.str, digest) in contents:
+            return None  # two equal tensors (fresh biases...): the exporter keeps one initializer for both
+        contents.add((array.shape, array.dtype.str, digest))
+    slots: dict[str, list[str]] = {}
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        own = tensors.get(init.name)
+        if own is not None and own.shape == value.shape and own.dtype == value.dtype and np.array_equal(own, value):
+            slots[init.name] = [init.name, "same"]
+            continue
+        if value.size <= SMALL_CONSTANT:
+            continue  # a constant of the graph (shape values, scalars); small weights keep their names
+        hits = [
+            [name, "same"]
+            for name in by_shape.get(tuple(value.shape), [])
+            if tensors[name].dtype == value.dtype and np.array_equal(tensors[name], value)
+        ]
+        if value.ndim == 2:
+            hits += [
+                [name, "transpose"]
+                for name in by_shape.get(tuple(value.shape[::-1]), [])
+                if tensors[name].dtype == value.dtype and np.array_equal(tensors[name].T, value)
+            ]
+        if len(hits) != 1:
+            return None  # weight-sized data that is no single model tensor: this graph cannot be refilled
+        slots[init.name] = hits[0]
+    return slots

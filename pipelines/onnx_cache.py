@@ -2,10 +2,12 @@
 
 torch's dynamo export traces the model, decomposes it and optimises the graph: about 6 s of the export stage for
 MiniLM, the same work every night for the same architecture. What changes between two nightly runs is only the
-weights. After a fresh export, the graph is kept without its weights under `state_dir/cache/onnx-graphs/<key>/`,
-with a map from each weight initializer to the model tensor it holds (the exporter names most initializers like
-the parameters; the ones it folded, such as Linear weights stored transposed for MatMul, are matched by value).
-The next export of a model with the same key writes the new weights into that graph instead of tracing.
+weights. After a fresh export, the graph is kept without its weights under `~/.cache/nlpops/onnx-graphs/<key>/`
+(XDG_CACHE_HOME; per machine, like the database templates of pipelines/db_templates.py: it holds no weights and no
+data, so a new project of the same architecture reuses it too), with a map from each weight initializer to the model
+tensor it holds (the exporter names most initializers like the parameters; the ones it folded, such as Linear
+weights stored transposed for MatMul, are matched by value). The next export of a model with the same key writes the
+new weights into that graph instead of tracing.
 
 The key covers what shapes the traced graph: the wrapper module's class and the source of the file defining it,
 every submodule's class and plain settings, the model config, the names, shapes and dtypes of parameters and
@@ -32,10 +34,16 @@ from typing import Any
 from pipelines.tasks.base import ExportSpec
 
 FORMAT = 1
-KEEP_ENTRIES = 4  # most recently used graphs kept per project
+KEEP_ENTRIES = 16  # most recently used graphs kept (each is the graph without weights: ~80 KB for MiniLM)
 SMALL_CONSTANT = 16  # initializers of at most this many elements that match no tensor are the graph's constants
 GRAPH_FILE = "graph.onnx"
 SLOTS_FILE = "slots.json"
+
+
+def machine_cache_dir() -> Path:
+    from pipelines.db_templates import cache_dir
+
+    return cache_dir() / "onnx-graphs"
 
 
 def _versions() -> dict[str, str]:
@@ -194,9 +202,9 @@ class GraphCache:
             onnx.save_model(model, str(tmp / GRAPH_FILE))
             (tmp / SLOTS_FILE).write_text(json.dumps(slots, indent=1, sort_keys=True), encoding="utf-8")
             final = self.entry(key)
-            if final.exists():
+            if not (final / SLOTS_FILE).is_file():  # else another run kept it meanwhile: it may be reading it
                 shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+                os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.prune()

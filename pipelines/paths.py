@@ -75,10 +75,6 @@ class StagePaths:
     def tokenise_cache(self) -> Path:
         return self.state / "cache" / "tokenised"
 
-    @property
-    def onnx_graph_cache(self) -> Path:
-        return self.state / "cache" / "onnx-graphs"
-
     # train
     @property
     def model_dir(self) -> Path:

@@ -181,16 +181,6 @@ def flow_settings() -> contextlib.AbstractContextManager[object]:
     return settings.temporary_settings(updates={settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
-def stop_early() -> None:
-    """The run needs no server after all (every stage current): end the one start_early launched."""
-    global _server
-    if _server is not None:
-        _server.process.kill()
-        _server.process.wait()
-        _server = None
-        os.environ.pop("PREFECT_API_URL", None)
-
-
 def start_early() -> TemporaryServer | None:
     """Launch the temporary server when this process will need one (no PREFECT_API_URL; Prefect not yet imported,
     else its settings already hold no URL and its own ephemeral mode takes over); returns it, or None."""

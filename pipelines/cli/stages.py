@@ -99,25 +99,27 @@ def run_flow(
             result = {"skipped": True, "reason": busy}
         else:
             from pipelines.paths import StagePaths
+            from pipelines.stage_cache import up_to_date
             from pipelines.tracking import configure_tracking
 
-            # Nothing to run (every stage's outputs current): the flow's result without a flow (the server
-            # launched meanwhile is ended). A first run (no stamps) need not look. The temporary Prefect server
-            # boots on the other core while this process looks whether anything is to run, opens (on a first run:
-            # creates) the MLflow store, imports Prefect and then what the first stages to run import.
-            look = not if_changed and any(StagePaths.from_params(params).stamps_dir.glob("*.json"))
-            prefect_server.start_early()
+            # Nothing to run (every stage's outputs current): the flow's result without starting Prefect. The
+            # temporary Prefect server boots on the other core while this process opens (on a first run: creates)
+            # the MLflow store, imports Prefect and then what the first stages to run import. It is launched at
+            # once when a stage before evaluate is to run (a first run, new data, other params: known without the
+            # store), else after the store has told whether anything is to run.
             stale: list[str] = []
-            if look:
+            look = not if_changed and any(StagePaths.from_params(params).stamps_dir.glob("*.json"))
+            current = None
+            if look and up_to_date(params, stale, local_only=True) is not None:
                 configure_tracking(params)
-            current = _current_run(params, params_file, overrides, experiment, stale) if look else None
+                current = _current_run(params, params_file, overrides, experiment, stale)
             if current is not None:
-                prefect_server.stop_early()  # every stage current: no flow to run
                 result = current
             else:
+                prefect_server.start_early()
                 from flows.retrain import retrain
 
-                if not look:  # else configured above
+                if not look or stale[0] in STAGE_ORDER[: STAGE_ORDER.index("evaluate")]:  # else configured above
                     configure_tracking(params)
                 prefect_server.wait_ready(warm=_warm_imports(params, stale[0] if stale else None))
                 with prefect_server.flow_settings():

@@ -25,7 +25,9 @@ def run_export(params: Params) -> dict[str, Any]:
     try:
         task = get_task(params)
         parity_rows = paths.clean_split(task.spec.parity_split)
-        cache = paths.onnx_graph_cache if params.export.graph_cache else None
+        from pipelines.onnx_cache import machine_cache_dir
+
+        cache = machine_cache_dir() if params.export.graph_cache else None
         result = export_onnx(paths.model_dir, parity_rows, paths.export_dir, params.export, task, cache)
     except ParityError:
         _log_parity(train_summary["run_id"], paths, passed=False)

@@ -65,21 +65,10 @@ def test_a_configured_or_existing_database_is_never_seeded(tmp_path: Path, monke
 
 
 class _FakeServer:
-    """Answers /health from the `after`-th look on; a process that is still running."""
+    """Answers /health from the `after`-th look on."""
 
     def __init__(self, after: int) -> None:
         self.looks, self.after, self.waited = 0, after, False
-
-        class _Process:
-            killed = False
-
-            def kill(self) -> None:
-                self.killed = True
-
-            def wait(self) -> int:
-                return -9
-
-        self.process = _Process()
 
     def answers(self) -> bool:
         self.looks += 1
@@ -98,17 +87,6 @@ def test_the_wait_does_the_warm_steps_until_the_server_answers(monkeypatch: pyte
     steps = [lambda: done.append("a"), lambda: 1 / 0, lambda: done.append("c"), lambda: done.append("d")]
     prefect_server.wait_ready(warm=steps)
     assert done == ["a"] and server.looks == 3 and server.waited  # 'a', the failing step, then it answered
-
-
-def test_a_run_with_nothing_to_do_ends_the_early_server_and_its_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _FakeServer(after=0)
-    monkeypatch.setattr(prefect_server, "_server", server)
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
-    prefect_server.stop_early()
-    assert server.process.killed and prefect_server._server is None
-    import os
-
-    assert "PREFECT_API_URL" not in os.environ
 
 
 def test_flows_on_the_temporary_server_send_no_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,6 +61,7 @@ def test_only_a_plain_run_of_params_yaml_syncs_dvc_lock() -> None:
 def test_no_stamps_or_missing_outputs_mean_the_flow_must_run(params: Params) -> None:
     stale: list[str] = []
     assert up_to_date(params, stale) is None and stale == ["validate"]  # nothing ran yet: from the first stage
+    assert up_to_date(params, stale, local_only=True) is None and stale == ["validate", "validate"]
     for stage in STAGE_ORDER:
         write_stamp(params, stage, "x", {"run_id": "r"})
     assert up_to_date(params) is None  # stamps without outputs on disk (or with other fingerprints)

@@ -6,6 +6,7 @@ otherwise its registered ONNX model is re-scored on the current split through it
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from typing import Any
@@ -44,7 +45,22 @@ def champion_reference(
         if slices is not None:
             metrics["slices"] = slices
             return metrics, str(champion.version), "champion's recorded metrics and slices on the same test split"
-    return score_champion(params, champion), str(champion.version), "champion re-scored on the current test split"
+    key = (_store_uri(), champion.name, str(champion.version), champion.run_id, test_sha256, membership)
+    if key not in _RESCORED:  # register re-checks the champion under the promotion lock: score it once per process
+        _RESCORED.clear()
+        _RESCORED[key] = score_champion(params, champion)
+    return copy.deepcopy(_RESCORED[key]), str(champion.version), "champion re-scored on the current test split"
+
+
+# The last champion re-scoring of this process: a registered version's model never changes, and the key holds the
+# test split's digest, so the flow's register stage reuses what its evaluate stage computed moments before.
+_RESCORED: dict[tuple[str | None, ...], dict[str, Any] | None] = {}
+
+
+def _store_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
 
 
 def _recorded_slices(champion: Any, tags: dict[str, str]) -> dict[str, Any] | None:

@@ -159,3 +159,34 @@ def test_slices_cover_classes_lengths_and_a_user_column() -> None:
     assert scored["class=neg"]["metric"] == "f1" and scored["class=neg"]["rows"] == 3
     assert scored["source=mail"]["value"] == 0.5
     assert membership_digest(members) != membership_digest({**members, "length=long": [1]})
+
+
+def test_a_champion_is_re_scored_once_for_evaluate_and_register(monkeypatch) -> None:
+    """Register re-checks the champion under the promotion lock; on the same test split the same registered
+    version is not scored again (a version's model never changes), a new split or version is."""
+    from types import SimpleNamespace
+
+    import pipelines.registry as registry
+    import pipelines.stages.evaluate as stage
+    from pipelines.config import Params
+
+    params = Params.model_validate({"data": {"path": "-"}})
+    champion = SimpleNamespace(name="m", version="3", run_id="old", tags={"task.type": params.task.type})
+    monkeypatch.setattr(registry, "alias_version", lambda *a: champion)
+    scored: list[str] = []
+
+    def score(_params, version):
+        scored.append(version.version)
+        return {"macro_f1": 0.8, "slices": {}}
+
+    monkeypatch.setattr(stage, "score_champion", score)
+    monkeypatch.setattr(stage, "_RESCORED", {})
+    first = stage.champion_reference(params, "split-a", "new-run")
+    first[0]["macro_f1"] = 0.0  # a caller's change does not reach the memo
+    again = stage.champion_reference(params, "split-a", "new-run")
+    assert again == ({"macro_f1": 0.8, "slices": {}}, "3", "champion re-scored on the current test split")
+    assert scored == ["3"]
+    stage.champion_reference(params, "split-b", "new-run")
+    champion.version = "4"
+    stage.champion_reference(params, "split-b", "new-run")
+    assert scored == ["3", "3", "4"]

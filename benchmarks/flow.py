@@ -246,7 +246,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         parts["orchestration"] = max(run["orchestration_s"], 0.0)
         left = 0.0
         for i, (name, seconds) in enumerate(parts.items()):
-            ax.barh([label], [seconds], left=left, color=f"C{i}", label=name if row == "first" else None)
+            ax.barh([label], [seconds], left=left, color=plt.cm.tab20(i), label=name if row == "first" else None)
             left += seconds
     ax.barh(["unchanged rerun"], [result["rerun"]["total_s"]], color="grey", label="rerun")
     ax.axvline(FIXED_TARGET_S, color="red", linestyle=":", linewidth=1)

@@ -534,9 +534,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-length", type=int, default=128, help="run_glue's padding length")
     parser.add_argument("--baseline-batch", type=int, default=32, help="run_glue rows per batch")
-    parser.add_argument(
-        "--pipeline-batch", type=int, default=None, help="the pipeline's train.batch_size; default its own (16)"
-    )
     parser.add_argument("--baseline-steps", type=int, default=8, help="run_glue steps timed (two halves)")
     parser.add_argument("--baseline-accuracy", choices=("dynamic", "padded", "skip"), default="dynamic")
     parser.add_argument("--threads", type=int, default=None, help="train.num_threads; default the pipeline's")

@@ -137,8 +137,7 @@ def prepare(root: Path, train: pd.DataFrame, dev: pd.DataFrame, model_path: Path
 
 def pipeline_config(args: argparse.Namespace) -> TrainConfig:
     """The pipeline's defaults; only what both recipes must share is set (epochs, seed, no early stopping)."""
-    extra = {"batch_size": args.pipeline_batch} if args.pipeline_batch else {}
-    return TrainConfig(epochs=args.epochs, seed=args.seed, early_stopping_patience=0, num_threads=args.threads, **extra)
+    return TrainConfig(epochs=args.epochs, seed=args.seed, early_stopping_patience=0, num_threads=args.threads)
 
 
 def baseline_config(args: argparse.Namespace, **extra: Any) -> TrainConfig:

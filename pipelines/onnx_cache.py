@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +72,34 @@ def _model_config(module: Any) -> dict[str, Any]:
     for sub in module.modules():
         config = getattr(sub, "config", None)
         if config is not None and hasattr(config, "to_dict"):
-            data = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path",)}
+            data = _without_paths(config.to_dict())
             data["_attn_implementation"] = getattr(config, "_attn_implementation", None)
             return data
     return {}
+
+
+def _without_paths(value: Any) -> Any:
+    """A config dict without `_name_or_path` at any depth (an encoder-decoder nests its halves' configs): where
+    the weights were loaded from does not shape the graph."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "_name_or_path"}
+    return value
 
 
 def _tensors(module: Any) -> dict[str, Any]:
     tensors = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     return tensors
+
+
+def _constant_buffers(module: Any) -> set[str]:
+    """Non-persistent buffers (position ids...): never saved, rebuilt from the config, so the same in every model
+    the key admits; equal ones (an encoder's and a decoder's) may share one initializer."""
+    names = set()
+    for prefix, sub in module.named_modules():
+        for name in getattr(sub, "_non_persistent_buffers_set", ()):
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return names
 
 
 def _plain_attributes(module: Any) -> list[tuple[str, str, Any]]:
@@ -187,7 +206,7 @@ class GraphCache:
 
         model = onnx.load(str(onnx_path))
         tensors = {name: t.detach().cpu().numpy() for name, t in _tensors(spec.module).items()}
-        slots = _weight_slots(model, tensors, np, numpy_helper)
+        slots = _weight_slots(model, tensors, np, numpy_helper, _constant_buffers(spec.module))
         if slots is None:
             return False
         for init in model.graph.initializer:
@@ -217,14 +236,23 @@ class GraphCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _weight_slots(model: Any, tensors: dict[str, Any], np: Any, numpy_helper: Any) -> dict[str, list[str]] | None:
+def _weight_slots(
+    model: Any,
+    tensors: dict[str, Any],
+    np: Any,
+    numpy_helper: Any,
+    constants: Collection[str] = (),
+) -> dict[str, list[str]] | None:
     """{initializer: [tensor name, "same" | "transpose"]} for every initializer holding a model tensor (by name, else
     by value); None when an initializer larger than a small constant matches no tensor, or several, or when two
-    model tensors are equal (the exporter merges equal initializers: another model's weights would not fit)."""
+    model tensors are equal (the exporter merges equal initializers: another model's weights would not fit), unless
+    both are `constants` (non-persistent buffers, the same in every model of the key)."""
     by_shape: dict[tuple[int, ...], list[str]] = {}
     contents: set[tuple[Any, ...]] = set()
     for name, array in tensors.items():
         by_shape.setdefault(tuple(array.shape), []).append(name)
+        if name in constants:
+            continue
         digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest()
         if (array.shape, array.dtype.str, digest) in contents:
             return None  # two equal tensors (fresh biases...): the exporter keeps one initializer for both
@@ -249,6 +277,8 @@ def _weight_slots(model: Any, tensors: dict[str, Any], np: Any, numpy_helper: An
                 for name in by_shape.get(tuple(value.shape[::-1]), [])
                 if tensors[name].dtype == value.dtype and np.array_equal(tensors[name].T, value)
             ]
+        if len(hits) > 1 and all(name in constants for name, _ in hits):
+            hits = hits[:1]  # equal constant buffers merged into one initializer: any of them fills it
         if len(hits) != 1:
             return None  # weight-sized data that is no single model tensor: this graph cannot be refilled
         slots[init.name] = hits[0]

@@ -80,11 +80,11 @@ class TemporaryServer:
         self.ready = False
         atexit.register(self.stop)
 
-    def answers(self) -> bool:
-        """One quick /health call (no waiting): True once the API answers."""
+    def answers(self, timeout_s: float = 0.2) -> bool:
+        """One /health call of at most `timeout_s` (no waiting): True once the API answers."""
         if not self.ready and self.process.poll() is None:
             try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=0.2) as response:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=timeout_s) as response:
                     self.ready = response.status == 200
             except (urllib.error.URLError, OSError):
                 pass
@@ -93,25 +93,19 @@ class TemporaryServer:
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the API answers /health; ServiceError naming the log if it exits or does not answer."""
         deadline = time.monotonic() + timeout_s
-        while not self.ready:
+        while not self.answers(timeout_s=2):
             if self.process.poll() is not None:
                 raise ServiceError(
                     f"the temporary Prefect server exited with code {self.process.returncode} before answering "
                     f"(its output: {self.log_path}{_tail(self.log_path)})"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                    self.ready = response.status == 200
-            except (urllib.error.URLError, OSError):
-                pass
-            if not self.ready:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ServiceError(
-                        f"the temporary Prefect server did not answer within {timeout_s:.0f} s "
-                        f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; its output: {self.log_path})"
-                    )
-                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(
+                    f"the temporary Prefect server did not answer within {timeout_s:.0f} s "
+                    f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; its output: {self.log_path})"
+                )
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process.poll() is None:

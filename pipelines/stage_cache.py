@@ -120,20 +120,25 @@ def keep_dvc_lock_in_step(params: Params) -> str:
     return message
 
 
-def up_to_date(params: Params, stale: list[str] | None = None, local_only: bool = False) -> dict[str, Any] | None:
+def up_to_date(
+    params: Params, stale: list[str] | None = None, local_only: bool = False, known: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Every stage's outputs on disk were produced under the fingerprint this run would compute: the flow's result
     (every stage Cached, the summaries from the stamps) without starting Prefect, or None when anything would run.
 
     The same facts as the flow's cache keys: params, inputs and code per stage, the training run present on the
     current MLflow store, and the champion the gate compares with. `stale` gets the first stage that would run.
-    `local_only`: only the stages before evaluate, which need no MLflow store (their results when current).
+    `local_only`: only the stages before evaluate, which need no MLflow store (their results when current);
+    `known`: such a result, from which the check goes on (those stages are not fingerprinted again).
     """
     from pipelines.registry import alias_version
     from pipelines.stores import run_exists
 
-    results: dict[str, Any] = {}
-    fingerprints: dict[str, str] = {}
+    results: dict[str, Any] = dict(known["results"]) if known else {}
+    fingerprints: dict[str, str] = dict(known["fingerprints"]) if known else {}
     for stage in STAGE_ORDER:
+        if stage in results:
+            continue
         stamp = read_stamp(params, stage)
         summary = _summary_of(stamp)
         if summary is None:

@@ -109,17 +109,19 @@ def run_flow(
             # store), else after the store has told whether anything is to run.
             stale: list[str] = []
             look = not if_changed and any(StagePaths.from_params(params).stamps_dir.glob("*.json"))
-            current = None
-            if look and up_to_date(params, stale, local_only=True) is not None:
+            current, tracking = None, False
+            local = up_to_date(params, stale, local_only=True) if look else None
+            if local is not None:  # the data stages and training are current: the store tells the rest
                 configure_tracking(params)
-                current = _current_run(params, params_file, overrides, experiment, stale)
+                tracking = True
+                current = _current_run(params, params_file, overrides, experiment, stale, known=local)
             if current is not None:
                 result = current
             else:
                 prefect_server.start_early()
                 from flows.retrain import retrain
 
-                if not look or stale[0] in STAGE_ORDER[: STAGE_ORDER.index("evaluate")]:  # else configured above
+                if not tracking:
                     configure_tracking(params)
                 prefect_server.wait_ready(warm=_warm_imports(params, stale[0] if stale else None))
                 with prefect_server.flow_settings():
@@ -146,13 +148,14 @@ def _current_run(
     overrides: list[str] | None,
     experiment: str | None,
     stale: list[str] | None = None,
+    known: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Every stage current (pipelines.stage_cache.up_to_date; tracking configured): say so per stage, keep dvc.lock
-    in step; else None (and `stale` gets the first stage that would run)."""
+    """Every stage current (pipelines.stage_cache.up_to_date, going on from `known`; tracking configured): say so
+    per stage, keep dvc.lock in step; else None (and `stale` gets the first stage that would run)."""
     from pipelines import progress
     from pipelines.stage_cache import cache_reason, keep_dvc_lock_in_step, syncs_dvc_lock, up_to_date
 
-    current = up_to_date(params, stale)
+    current = up_to_date(params, stale, known=known)
     if current is None:
         return None
     for stage, fingerprint in current.pop("fingerprints").items():

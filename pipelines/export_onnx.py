@@ -332,7 +332,7 @@ def export_onnx(
     import pandas as pd
 
     from pipelines.hashing import file_digest
-    from pipelines.onnx_cache import GraphCache
+    from pipelines.onnx_cache import GraphCache, graph_key
     from pipelines.serving import load_runtime
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -354,15 +354,15 @@ def export_onnx(
 
     external = needs_external_data(spec)
     cache = GraphCache(cache_dir) if cache_dir is not None and not external else None
-    graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, cache)
+    graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, cache, external)
     if not parity["passed"] and graph["source"] == "cached":
         from pipelines import progress
 
         assert cache is not None
         progress.message("parity failed on the reused graph: exporting it afresh", stage="export")
         for graph_spec in graphs.values():
-            cache.drop(graph_spec, cfg.opset)
-        graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, None)
+            cache.drop(graph_key(graph_spec, cfg.opset))
+        graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, None, external)
     if parity["passed"]:
         id2label = {int(i): str(name) for i, name in (getattr(model.config, "id2label", None) or {}).items()}
         runtime, parity["int8"] = serve_int8_if_it_passes(
@@ -395,17 +395,29 @@ def export_onnx(
 def write_graph(spec: ExportSpec, onnx_path: Path, opset: int, cache: Any = None) -> str:
     """onnx_path from spec: "cached" when the cache held this architecture's traced graph (the weights written
     into it), else "exported" (a fresh torch export, then kept in the cache when one is given)."""
-    if cache is not None and cache.fill(spec, onnx_path, opset):
+    from pipelines.onnx_cache import graph_key
+
+    if cache is None:
+        export_model_to_onnx(spec, onnx_path, opset)
+        return "exported"
+    key = graph_key(spec, opset)  # once: it reads the wrapper's and the exporter's source
+    if cache.fill(key, spec, onnx_path):
         return "cached"
     export_model_to_onnx(spec, onnx_path, opset)
-    if cache is not None:
-        with contextlib.suppress(Exception):  # the cache saves time; failing to fill it costs none of the export
-            cache.remember(spec, onnx_path, opset)
+    with contextlib.suppress(Exception):  # the cache saves time; failing to fill it costs none of the export
+        cache.remember(key, spec, onnx_path)
     return "exported"
 
 
 def _graphs_with_parity(
-    graphs: dict[str, ExportSpec], out_dir: Path, cfg: ExportConfig, task: Task, tokenizer: Any, rows: Any, cache: Any
+    graphs: dict[str, ExportSpec],
+    out_dir: Path,
+    cfg: ExportConfig,
+    task: Task,
+    tokenizer: Any,
+    rows: Any,
+    cache: Any,
+    external: bool,
 ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Write every graph (fresh or from the cache), fuse model.onnx, check parity: the graph record, the parity
     record and the ORT session parity ran on (None when the task checks parity its own way)."""
@@ -420,7 +432,7 @@ def _graphs_with_parity(
         message = f"{reused}: the traced graph of an earlier export, new weights (export.graph_cache)"
         progress.message(message, stage="export")
     input_names = list(spec.input_names)
-    graph = optimise_graph(onnx_path, cfg, task, needs_external_data(spec))
+    graph = optimise_graph(onnx_path, cfg, task, external)
     graph["source"] = "cached" if "cached" in sources.values() else "exported"
     session = None
     parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)

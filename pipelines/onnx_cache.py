@@ -153,10 +153,9 @@ class GraphCache:
 
     # ------------------------------------------------------------------ reuse
 
-    def fill(self, spec: ExportSpec, onnx_path: Path, opset: int) -> bool:
-        """Write onnx_path from the cached graph of spec's key with spec.module's weights; False when there is none
-        (or it cannot be read: then it is dropped)."""
-        key = graph_key(spec, opset)
+    def fill(self, key: str, spec: ExportSpec, onnx_path: Path) -> bool:
+        """Write onnx_path from the cached graph of `key` (spec's graph_key) with spec.module's weights; False when
+        there is none (or it cannot be read: then it is dropped)."""
         folder = self.entry(key)
         if not (folder / SLOTS_FILE).is_file() or not (folder / GRAPH_FILE).is_file():
             return False
@@ -187,19 +186,19 @@ class GraphCache:
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
             onnx.save_model(model, str(onnx_path))
         except Exception:  # a damaged or foreign entry: forget it, export afresh
-            self.drop(spec, opset)
+            self.drop(key)
             return False
         os.utime(folder)  # most recently used
         return True
 
-    def drop(self, spec: ExportSpec, opset: int) -> None:
-        shutil.rmtree(self.entry(graph_key(spec, opset)), ignore_errors=True)
+    def drop(self, key: str) -> None:
+        shutil.rmtree(self.entry(key), ignore_errors=True)
 
     # ------------------------------------------------------------------ keeping
 
-    def remember(self, spec: ExportSpec, onnx_path: Path, opset: int) -> bool:
-        """Keep onnx_path's graph without its weights, mapped to spec.module's tensors; False when it cannot be
-        mapped (nothing is kept)."""
+    def remember(self, key: str, spec: ExportSpec, onnx_path: Path) -> bool:
+        """Keep onnx_path's graph under `key` (spec's graph_key) without its weights, mapped to spec.module's
+        tensors; False when it cannot be mapped (nothing is kept)."""
         import numpy as np
         import onnx
         from onnx import numpy_helper
@@ -214,7 +213,6 @@ class GraphCache:
                 init.ClearField("raw_data")
                 for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                     init.ClearField(field)  # type: ignore[arg-type]
-        key = graph_key(spec, opset)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:

@@ -10,6 +10,7 @@ torchvision notices, deprecation warnings) is captured and only shown when the e
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -362,7 +363,7 @@ def export_onnx(
         progress.message("parity failed on the reused graph: exporting it afresh", stage="export")
         for graph_spec in graphs.values():
             cache.drop(graph_key(graph_spec, cfg.opset))
-        graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, None, external)
+        graph, parity, session = _graphs_with_parity(graphs, out_dir, cfg, task, tokenizer, rows, cache, external)
     if parity["passed"]:
         id2label = {int(i): str(name) for i, name in (getattr(model.config, "id2label", None) or {}).items()}
         runtime, parity["int8"] = serve_int8_if_it_passes(
@@ -392,21 +393,44 @@ def export_onnx(
     return {**parity, "onnx_path": str(onnx_path)}
 
 
-def write_graph(spec: ExportSpec, onnx_path: Path, opset: int, cache: Any = None) -> str:
+def write_graph(spec: ExportSpec, onnx_path: Path, opset: int, cache: Any = None, key: str | None = None) -> str:
     """onnx_path from spec: "cached" when the cache held this architecture's traced graph (the weights written
-    into it), else "exported" (a fresh torch export, then kept in the cache when one is given)."""
+    into it), else "exported" (a fresh torch export, then kept in the cache when one is given). `key`: spec's
+    graph_key when the caller has it."""
     from pipelines.onnx_cache import graph_key
 
     if cache is None:
         export_model_to_onnx(spec, onnx_path, opset)
         return "exported"
-    key = graph_key(spec, opset)  # once: it reads the wrapper's and the exporter's source
+    key = key or graph_key(spec, opset)  # once: it reads the wrapper's and the exporter's source
     if cache.fill(key, spec, onnx_path):
         return "cached"
     export_model_to_onnx(spec, onnx_path, opset)
     with contextlib.suppress(Exception):  # the cache saves time; failing to fill it costs none of the export
         cache.remember(key, spec, onnx_path)
     return "exported"
+
+
+def fused_variant() -> str:
+    """The graph cache's name for model.onnx after fusion: it changes with the fusion code (onnxscript's version
+    is in the key)."""
+    import inspect
+
+    from pipelines import onnx_optimise
+
+    return "fused-" + hashlib.sha256(inspect.getsource(onnx_optimise).encode()).hexdigest()[:12]
+
+
+def _fill_fused(spec: ExportSpec, onnx_path: Path, key: str, cache: Any) -> dict[str, Any] | None:
+    """model.onnx straight from the cache's fused graph of this architecture (`key`: spec's graph_key), new weights
+    in, the fusion skipped: parity.json's `graph` record; None when the cache holds no fused graph for it."""
+    from pipelines.onnx_optimise import CONTRIB_DOMAIN, graph_op_counts
+
+    variant = fused_variant()
+    if not cache.fill(key, spec, onnx_path, variant=variant):
+        return None
+    counts = graph_op_counts(cache.graph_file(key, variant), CONTRIB_DOMAIN)
+    return {"optimised": True, "fused_ops": counts, "precision": "fp32"}
 
 
 def _graphs_with_parity(
@@ -422,17 +446,28 @@ def _graphs_with_parity(
     """Write every graph (fresh or from the cache), fuse model.onnx, check parity: the graph record, the parity
     record and the ORT session parity ran on (None when the task checks parity its own way)."""
     from pipelines import progress
+    from pipelines.onnx_cache import graph_key
     from pipelines.serving import ort_session
 
     spec, onnx_path = graphs["model.onnx"], out_dir / "model.onnx"
     progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
-    sources = {name: write_graph(graph_spec, out_dir / name, cfg.opset, cache) for name, graph_spec in graphs.items()}
+    key = graph_key(spec, cfg.opset) if cache is not None else None
+    fusing = cfg.optimise and task.onnx_fusion and not external
+    fused = _fill_fused(spec, onnx_path, key, cache) if fusing and key is not None else None
+    sources = {"model.onnx": "cached" if fused is not None else write_graph(spec, onnx_path, cfg.opset, cache, key)}
+    for name, graph_spec in graphs.items():
+        if name != "model.onnx":
+            sources[name] = write_graph(graph_spec, out_dir / name, cfg.opset, cache)
     if "cached" in sources.values():
         reused = ", ".join(name for name, source in sources.items() if source == "cached")
-        message = f"{reused}: the traced graph of an earlier export, new weights (export.graph_cache)"
+        kept = "traced and fused" if fused is not None else "traced"
+        message = f"{reused}: the {kept} graph of an earlier export, new weights (export.graph_cache)"
         progress.message(message, stage="export")
     input_names = list(spec.input_names)
-    graph = optimise_graph(onnx_path, cfg, task, external)
+    graph = fused if fused is not None else optimise_graph(onnx_path, cfg, task, external)
+    if fused is None and graph["optimised"] and key is not None:
+        with contextlib.suppress(Exception):  # as in write_graph: the cache saves time, never costs the export
+            cache.remember(key, spec, onnx_path, variant=fused_variant())
     graph["source"] = "cached" if "cached" in sources.values() else "exported"
     session = None
     parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)

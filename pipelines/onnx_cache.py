@@ -13,7 +13,12 @@ The key covers what shapes the traced graph: the wrapper module's class and the 
 every submodule's class and plain settings, the model config, the names, shapes and dtypes of parameters and
 buffers, the inputs and their dynamic axes, the opset and the versions of torch, transformers, onnx and onnxscript.
 A graph that cannot be mapped (an initializer that is neither a model tensor nor a small constant, or one matching
-several tensors, or a model with two equal tensors, which the exporter merges into one initializer) is not kept. The
+several tensors, or a model with two equal tensors, which the exporter merges into one initializer) is not kept.
+
+The entry also keeps model.onnx after the export stage's transformer fusion (a variant named after the fusion
+code's digest), mapped the same way: the fused attention's query, key and value weights are one initializer, the
+three tensors side by side ("concat" slots). A rerun then writes the weights into the fused graph and skips both the
+trace and the fusion (about 1 s for MiniLM). The
 export stage's parity check against PyTorch runs on a cached graph as on a fresh one; when it fails the entry is
 dropped and the graph exported afresh (pipelines.export_onnx.export_onnx). A filled graph is byte-identical to a
 fresh export of the same weights (tested), so the served file and its digest do not depend on the cache.
@@ -39,6 +44,12 @@ KEEP_ENTRIES = 16  # most recently used graphs kept (each is the graph without w
 SMALL_CONSTANT = 16  # initializers of at most this many elements that match no tensor are the graph's constants
 GRAPH_FILE = "graph.onnx"
 SLOTS_FILE = "slots.json"
+
+
+def _files(variant: str) -> tuple[str, str]:
+    """The graph and slot-map file names of a variant of an entry's graph ("" = as traced; "fused-<digest>" = after
+    the export stage's transformer fusion, pipelines/export_onnx.py)."""
+    return (GRAPH_FILE, SLOTS_FILE) if not variant else (f"{variant}.onnx", f"{variant}.slots.json")
 
 
 def machine_cache_dir() -> Path:
@@ -153,32 +164,30 @@ class GraphCache:
 
     # ------------------------------------------------------------------ reuse
 
-    def fill(self, key: str, spec: ExportSpec, onnx_path: Path) -> bool:
-        """Write onnx_path from the cached graph of `key` (spec's graph_key) with spec.module's weights; False when
-        there is none (or it cannot be read: then it is dropped)."""
+    def fill(self, key: str, spec: ExportSpec, onnx_path: Path, variant: str = "") -> bool:
+        """Write onnx_path from the cached graph of `key` (spec's graph_key; `variant`: see _files) with
+        spec.module's weights; False when there is none (or it cannot be read: then the entry is dropped)."""
         folder = self.entry(key)
-        if not (folder / SLOTS_FILE).is_file() or not (folder / GRAPH_FILE).is_file():
+        graph_file, slots_file = _files(variant)
+        if not (folder / slots_file).is_file() or not (folder / graph_file).is_file():
             return False
         try:
             import numpy as np
             import onnx
             from onnx import helper
 
-            slots = json.loads((folder / SLOTS_FILE).read_text(encoding="utf-8"))
-            model = onnx.load(str(folder / GRAPH_FILE))
+            slots = json.loads((folder / slots_file).read_text(encoding="utf-8"))
+            model = onnx.load(str(folder / graph_file))
             tensors = _tensors(spec.module)
             filled = 0
             for init in model.graph.initializer:
                 slot = slots.get(init.name)
                 if slot is None:
                     continue
-                name, how = slot
-                array = tensors[name].detach().cpu().numpy()
-                if how == "transpose":
-                    array = array.T
+                array = _slot_value(slot, tensors, np)
                 dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
                 if list(array.shape) != list(init.dims) or array.dtype != dtype:
-                    raise ValueError(f"{init.name}: {name} is {array.shape} {array.dtype}, the graph wants {init.dims}")
+                    raise ValueError(f"{init.name}: {slot} is {array.shape} {array.dtype}, the graph wants {init.dims}")
                 init.raw_data = np.ascontiguousarray(array).tobytes()
                 filled += 1
             if filled != len(slots):
@@ -191,14 +200,19 @@ class GraphCache:
         os.utime(folder)  # most recently used
         return True
 
+    def graph_file(self, key: str, variant: str = "") -> Path:
+        """The weight-less graph of an entry (its operators can be counted without the weights)."""
+        return self.entry(key) / _files(variant)[0]
+
     def drop(self, key: str) -> None:
         shutil.rmtree(self.entry(key), ignore_errors=True)
 
     # ------------------------------------------------------------------ keeping
 
-    def remember(self, key: str, spec: ExportSpec, onnx_path: Path) -> bool:
+    def remember(self, key: str, spec: ExportSpec, onnx_path: Path, variant: str = "") -> bool:
         """Keep onnx_path's graph under `key` (spec's graph_key) without its weights, mapped to spec.module's
-        tensors; False when it cannot be mapped (nothing is kept)."""
+        tensors; False when it cannot be mapped (nothing is kept). A `variant` (see _files) is kept only next to
+        the traced graph of its key."""
         import numpy as np
         import onnx
         from onnx import numpy_helper
@@ -213,6 +227,8 @@ class GraphCache:
                 init.ClearField("raw_data")
                 for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                     init.ClearField(field)  # type: ignore[arg-type]
+        if variant:
+            return self._keep_variant(key, variant, model, slots)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:
@@ -225,6 +241,26 @@ class GraphCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.prune()
+        return True
+
+    def _keep_variant(self, key: str, variant: str, model: Any, slots: dict[str, Any]) -> bool:
+        import onnx
+
+        folder = self.entry(key)
+        if not (folder / SLOTS_FILE).is_file():
+            return False
+        graph_file, slots_file = _files(variant)
+        for name, write in (
+            (graph_file, lambda path: onnx.save_model(model, str(path))),
+            (slots_file, lambda path: path.write_text(json.dumps(slots, indent=1, sort_keys=True), encoding="utf-8")),
+        ):  # the graph first: fill reads a variant only once its map is there
+            handle, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
+            os.close(handle)
+            try:
+                write(Path(tmp))
+                os.replace(tmp, folder / name)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         return True
 
     def prune(self, keep: int = KEEP_ENTRIES) -> None:
@@ -255,15 +291,8 @@ def _weight_slots(
         if (array.shape, array.dtype.str, digest) in contents:
             return None  # two equal tensors (fresh biases...): the exporter keeps one initializer for both
         contents.add((array.shape, array.dtype.str, digest))
-    slots: dict[str, list[str]] = {}
-    for init in model.graph.initializer:
-        value = numpy_helper.to_array(init)
-        own = tensors.get(init.name)
-        if own is not None and own.shape == value.shape and own.dtype == value.dtype and np.array_equal(own, value):
-            slots[init.name] = [init.name, "same"]
-            continue
-        if value.size <= SMALL_CONSTANT:
-            continue  # a constant of the graph (shape values, scalars); small weights keep their names
+
+    def matches(value: Any) -> list[list[str]]:
         hits = [
             [name, "same"]
             for name in by_shape.get(tuple(value.shape), [])
@@ -277,7 +306,47 @@ def _weight_slots(
             ]
         if len(hits) > 1 and all(name in constants for name, _ in hits):
             hits = hits[:1]  # equal constant buffers merged into one initializer: any of them fills it
+        return hits
+
+    slots: dict[str, list[Any]] = {}
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        own = tensors.get(init.name)
+        if own is not None and own.shape == value.shape and own.dtype == value.dtype and np.array_equal(own, value):
+            slots[init.name] = [init.name, "same"]
+            continue
+        if value.size <= SMALL_CONSTANT:
+            continue  # a constant of the graph (shape values, scalars); small weights keep their names
+        hits = matches(value)
+        if not hits:
+            parts = _concatenated(value, matches, np)
+            if parts is not None:
+                slots[init.name] = ["concat", *parts]
+                continue
         if len(hits) != 1:
             return None  # weight-sized data that is no single model tensor: this graph cannot be refilled
         slots[init.name] = hits[0]
     return slots
+
+
+def _concatenated(value: Any, matches: Any, np: Any) -> list[Any] | None:
+    """[axis, [tensor, how]...] when value is equal pieces, each one model tensor, side by side along axis (a fused
+    attention's query, key and value weights in one matrix); else None."""
+    for axis in reversed(range(value.ndim)):
+        for pieces in (3, 2, 4):
+            if value.shape[axis] % pieces:
+                continue
+            found = [matches(part) for part in np.split(value, pieces, axis=axis)]
+            if all(len(hits) == 1 for hits in found):
+                return [axis, [hits[0] for hits in found]]
+    return None
+
+
+def _slot_value(slot: list[Any], tensors: dict[str, Any], np: Any) -> Any:
+    """The array a slot holds: [tensor, "same" | "transpose"] or ["concat", axis, [[tensor, how]...]]."""
+    if slot[0] == "concat":
+        _, axis, parts = slot
+        return np.concatenate([_slot_value(part, tensors, np) for part in parts], axis=int(axis))
+    name, how = slot
+    array = tensors[name].detach().cpu().numpy()
+    return array.T if how == "transpose" else array

@@ -369,9 +369,14 @@ def perturbed_copy(model_dir: Path, dst: Path, scale: float) -> Path:
     return dst
 
 
-def test_graph_cache_reuses_the_trace_byte_for_byte(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """A second export of the same architecture (other weights) reuses the traced graph: the served graph is the
-    same bytes a fresh export gives, parity passes, and the cache holds the graph without its weights."""
+def test_graph_cache_reuses_the_trace_byte_for_byte(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second export of the same architecture (other weights) reuses the traced and the fused graph: the served
+    graph is the same bytes a fresh export and fusion give, parity passes, and the cache holds the graphs without
+    their weights."""
+    from pipelines import onnx_optimise
+
     cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="none")
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
     cache = tmp_path / "cache"
@@ -389,33 +394,69 @@ def test_graph_cache_reuses_the_trace_byte_for_byte(tiny_model_dir: Path, tmp_pa
     kept = {init.name: init for init in onnx.load(str(entry / "graph.onnx")).graph.initializer}
     assert set(slots) <= set(kept) and all(not kept[name].raw_data for name in slots)  # the graph, no weights
 
+    # The fused graph is kept too: the attention's query, key and value weights are one concatenated initializer.
+    (fused_slots,) = list(entry.glob("fused-*.slots.json"))
+    fused = json.loads(fused_slots.read_text())
+    assert any(slot[0] == "concat" for slot in fused.values()) and first["graph"]["fused_ops"].get("Attention")
+
     other = perturbed_copy(tiny_model_dir, tmp_path / "other-model", 0.02)
+    fusions: list[Path] = []
+    real_fuse = onnx_optimise.fuse_transformer_ops
+    monkeypatch.setattr(onnx_optimise, "fuse_transformer_ops", lambda *a: fusions.append(a[0]) or real_fuse(*a))
     reused = export_onnx(other, test_parquet, tmp_path / "b", cfg, classifier_task(), cache)
+    assert fusions == []  # traced and fused graph both reused
     fresh = export_onnx(other, test_parquet, tmp_path / "c", cfg, classifier_task())
-    assert reused["graph"]["source"] == "cached" and fresh["graph"]["source"] == "exported"
+    assert reused["graph"]["source"] == "cached" and fresh["graph"]["source"] == "exported" and len(fusions) == 1
+    assert reused["graph"]["fused_ops"] == fresh["graph"]["fused_ops"] == first["graph"]["fused_ops"]
     assert reused["passed"] is True and reused["max_abs_diff"] == fresh["max_abs_diff"]
     assert reused["onnx_sha256"] == fresh["onnx_sha256"] != first["onnx_sha256"]
 
 
 def test_graph_cache_entry_that_fails_parity_is_dropped_and_exported_afresh(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cache entry whose map is wrong (two weights swapped) gives a graph that fails parity: the export says so,
-    drops the entry, exports afresh and passes; an unreadable entry is dropped before use."""
+    """A cache entry whose maps are wrong (two weights swapped in the traced and in the fused graph) gives a graph
+    that fails parity: the export says so, drops the entry, exports afresh and passes; an unreadable entry is
+    dropped before use."""
     cfg = ExportConfig(parity_rows=10, latency_runs=0, quantise="none")
     test_parquet = write_test_parquet(tmp_path / "test.parquet", rows=12)
     cache = tmp_path / "cache"
     tiny_model_dir = perturbed_copy(tiny_model_dir, tmp_path / "trained-model", 0.01)
     export_onnx(tiny_model_dir, test_parquet, tmp_path / "a", cfg, classifier_task(), cache)
+    served = file_digest(tmp_path / "a" / "model.onnx")
     (entry,) = list(cache.iterdir())
-    slots = json.loads((entry / "slots.json").read_text())
-    square = [name for name, (_, how) in slots.items() if how == "transpose"][:2]
-    slots[square[0]], slots[square[1]] = slots[square[1]], slots[square[0]]  # query <-> key weights (same shape)
-    (entry / "slots.json").write_text(json.dumps(slots))
+    (fused_file,) = list(entry.glob("fused-*.slots.json"))  # the fused graph: one initializer holds q, k and v
+    fused = json.loads(fused_file.read_text())
+    qkv = next(slot for slot in fused.values() if slot[0] == "concat" and slot[1] == 1)  # a weight, not a bias
+    qkv[2][0], qkv[2][2] = qkv[2][2], qkv[2][0]  # query <-> value
+    fused_file.write_text(json.dumps(fused))
+    said: list[str] = []
+    monkeypatch.setattr("pipelines.progress.message", lambda text, **_: said.append(text))
     result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "b", cfg, classifier_task(), cache)
     assert result["passed"] is True and result["graph"]["source"] == "exported"
-    assert result["onnx_sha256"] == file_digest(tmp_path / "a" / "model.onnx")
-    (entry,) = list(cache.iterdir())  # kept again from the fresh export
-    (entry / "graph.onnx").write_bytes(b"not a graph")
+    assert result["onnx_sha256"] == served
+    assert "parity failed on the reused graph: exporting it afresh" in said
+    said.clear()
+
+    (entry,) = list(cache.iterdir())  # kept again from the fresh export, fused graph included
+    for fused_graph in entry.glob("fused-*"):
+        fused_graph.unlink()  # the traced graph's map alone is wrong now: filled, fused, parity fails
+    slots = json.loads((entry / "slots.json").read_text())
+    layer0 = "inner.bert.encoder.layer.0.attention.self"
+    query, value = (
+        next(k for k, v in slots.items() if v == [f"{layer0}.{w}.weight", "transpose"]) for w in ("query", "value")
+    )
+    slots[query], slots[value] = slots[value], slots[query]  # same shape: the graph fills, and computes nonsense
+    (entry / "slots.json").write_text(json.dumps(slots))
     result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "c", cfg, classifier_task(), cache)
     assert result["passed"] is True and result["graph"]["source"] == "exported"
+    assert result["onnx_sha256"] == served
+    assert "parity failed on the reused graph: exporting it afresh" in said
+    said.clear()
+
+    (entry,) = list(cache.iterdir())
+    for graph in (entry / "graph.onnx", *entry.glob("fused-*.onnx")):
+        graph.write_bytes(b"not a graph")
+    result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "d", cfg, classifier_task(), cache)
+    assert result["passed"] is True and result["graph"]["source"] == "exported"
+    assert not any("parity failed" in text for text in said)  # dropped before use

@@ -23,3 +23,21 @@ def test_a_class_absent_from_the_split_does_not_count_in_macro_f1() -> None:
     m = classification_metrics(np.array([0, 1]), np.array([0, 1]), {0: "a", 1: "b", 2: "c"})
     assert m["macro_f1"] == pytest.approx(1.0)
     assert m["per_class"]["c"]["support"] == 0
+
+
+def test_confusion_matrix_png_shades_cells_by_count(tmp_path) -> None:
+    """The evaluate stage's confusion_matrix.png (drawn with Pillow): the largest count's cell is the darkest
+    blue, empty cells the lightest, and a matrix with nothing counted draws without failing."""
+    from PIL import Image
+
+    from pipelines.tasks.text_classification.metrics import plot_confusion_matrix
+
+    def colours(path) -> set[tuple[int, int, int]]:
+        return {tuple(int(c) for c in px) for px in np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)}
+
+    path = tmp_path / "confusion_matrix.png"
+    plot_confusion_matrix([[40, 3, 0], [5, 33, 0], [1, 1, 0]], ["negative", "positive", "mixed"], path)
+    assert Image.open(path).format == "PNG"
+    assert {(8, 48, 107), (247, 251, 255)} <= colours(path)  # the 40 at full shade; the zeros unshaded
+    plot_confusion_matrix([[0, 0], [0, 0]], ["a", "b"], tmp_path / "empty.png")
+    assert (8, 48, 107) not in colours(tmp_path / "empty.png") and (247, 251, 255) in colours(tmp_path / "empty.png")

@@ -59,15 +59,16 @@ def machine_cache_dir() -> Path:
 
 
 def _versions() -> dict[str, str]:
+    """The installed versions of what traces and fuses the graph, from the packages' metadata: importing onnxscript
+    only to read its version took 0.5 s of an export that reuses its graphs."""
+    import importlib.metadata
+
     versions = {}
     for name in ("torch", "transformers", "onnx", "onnxscript"):
-        module = sys.modules.get(name)
-        if module is None:
-            try:
-                module = __import__(name)
-            except ImportError:
-                continue
-        versions[name] = str(getattr(module, "__version__", "?"))
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return versions
 
 

@@ -41,3 +41,21 @@ def test_confusion_matrix_png_shades_cells_by_count(tmp_path) -> None:
     assert {(8, 48, 107), (247, 251, 255)} <= colours(path)  # the 40 at full shade; the zeros unshaded
     plot_confusion_matrix([[0, 0], [0, 0]], ["a", "b"], tmp_path / "empty.png")
     assert (8, 48, 107) not in colours(tmp_path / "empty.png") and (247, 251, 255) in colours(tmp_path / "empty.png")
+
+
+def test_bar_chart_png_draws_one_bar_per_name(tmp_path) -> None:
+    """token classification's per_type_f1.png: a bar per entity type, heights on a 0-1 axis (a higher F1 is a
+    taller bar; a value outside 0-1 is clipped)."""
+    from PIL import Image
+
+    from pipelines.report.png import BAR, bar_chart_png
+
+    path = tmp_path / "per_type_f1.png"
+    bar_chart_png(["LOC", "PER", "O"], [0.25, 1.0, 1.7], path, "per-type F1", "F1")
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    bars = np.all(pixels == BAR, axis=2)
+    columns = bars.sum(axis=0)
+    heights = [int(h) for h in columns[columns > 0]]
+    assert len(set(heights)) == 2 and max(heights) - 1 == 4 * (
+        min(heights) - 1
+    )  # 1.0 and clipped 1.7 vs 0.25 (+1: edges drawn)

@@ -96,55 +96,9 @@ def score_slices(
 
 
 def plot_confusion_matrix(confusion: list[list[int]], labels: list[str], path: Path) -> None:
-    """The confusion matrix as a PNG: rows = true label, columns = predicted, each cell shaded by its count (light
-    to dark blue) with the count written in it. Drawn with Pillow: importing matplotlib alone took 0.4 s of every
-    evaluate stage."""
-    from PIL import Image, ImageDraw, ImageFont
+    from pipelines.report.png import confusion_matrix_png
 
-    matrix = np.asarray(confusion, dtype=np.int64).reshape(len(labels), len(labels))
-    font, title_font = ImageFont.load_default(size=13), ImageFont.load_default(size=15)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def width(text: str, face: Any = font) -> int:
-        left, _, right, _ = probe.textbbox((0, 0), text, font=face)
-        return int(right - left)
-
-    cell = max(44, max((width(str(v)) for v in matrix.flat), default=0) + 16)
-    label_w = max((width(label) for label in labels), default=0) + 12
-    left, top = label_w + 28, 36  # room for the row labels and "true"; the title
-    n = len(labels)
-    grid_w = cell * n
-    image = Image.new(
-        "RGB",
-        (max(left + grid_w + 16, width("Confusion matrix (test split)", title_font) + 24), top + grid_w + label_w + 30),
-        "white",
-    )
-    draw = ImageDraw.Draw(image)
-    draw.text((12, 10), "Confusion matrix (test split)", fill="black", font=title_font)
-    peak = int(matrix.max()) if matrix.size else 0
-    light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])
-    for (i, j), count in np.ndenumerate(matrix):
-        share = count / peak if peak else 0.0
-        colour = tuple(int(c) for c in np.round(light + (dark - light) * share))
-        x, y = left + j * cell, top + i * cell
-        draw.rectangle((x, y, x + cell, y + cell), fill=colour, outline=(200, 200, 200))
-        text = str(int(count))
-        draw.text(
-            (x + (cell - width(text)) / 2, y + cell / 2 - 8), text, font=font, fill="white" if share > 0.5 else "black"
-        )
-    for i, label in enumerate(labels):  # row labels, right-aligned against the grid
-        draw.text((left - 6 - width(label), top + i * cell + cell / 2 - 8), label, fill="black", font=font)
-    for j, label in enumerate(labels):  # column labels, written downwards under the grid
-        strip = Image.new("RGB", (width(label) + 4, 18), "white")
-        ImageDraw.Draw(strip).text((2, 1), label, fill="black", font=font)
-        strip = strip.rotate(90, expand=True)
-        image.paste(strip, (int(left + j * cell + cell / 2 - strip.width / 2), top + grid_w + 4))
-    draw.text((left + grid_w / 2 - width("predicted") / 2, image.height - 20), "predicted", fill="black", font=font)
-    axis = Image.new("RGB", (width("true") + 4, 18), "white")
-    ImageDraw.Draw(axis).text((2, 1), "true", fill="black", font=font)
-    axis = axis.rotate(90, expand=True)
-    image.paste(axis, (4, int(top + grid_w / 2 - axis.height / 2)))
-    image.save(path, format="PNG", optimize=False)
+    confusion_matrix_png(confusion, labels, path, "Confusion matrix (test split)")
 
 
 def evaluation_paths(out_dir: Path) -> dict[str, Path]:

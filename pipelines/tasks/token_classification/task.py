@@ -190,21 +190,10 @@ class TokenClassification(Task):
         payload = [{"type": k, **v} for k, v in sorted(per_type.items())]
         table.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         plot = out_dir / PER_TYPE_PLOT
-        import matplotlib
+        from pipelines.report.png import bar_chart_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = [p["type"] for p in payload]
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(names) + 1.5), 2.8), dpi=80)
-        ax.bar(names, [p["f1"] for p in payload], color="#4c72b0")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("F1")
-        ax.set_title("per-type F1 (strict IOB2)" if self.options.scheme == "IOB2" else "per-tag F1")
-        ax.tick_params(axis="x", labelrotation=45 if len(names) > 6 else 0)
-        fig.tight_layout()
-        fig.savefig(plot, metadata={"Software": None})
-        plt.close(fig)
+        title = "per-type F1 (strict IOB2)" if self.options.scheme == "IOB2" else "per-tag F1"
+        bar_chart_png([p["type"] for p in payload], [p["f1"] for p in payload], plot, title, "F1")
         return {"per_type": table, "per_type_plot": plot}
 
     def evaluation_files(self, out_dir: Path) -> list[Path]:

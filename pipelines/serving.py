@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from mlflow.models.model import ModelInfo
 
@@ -324,16 +324,27 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_REQUIREMENTS]
 
 
-def _skip_package_scan() -> None:
-    """MLflow checks the explicit requirements against this environment through a package -> module map it first
-    builds by scanning every installed distribution (1-4 s, a third of `register`); our requirements are packages
-    whose module has the same name, so the map it needs is known. Private MLflow state: left alone if it moved."""
+@contextmanager
+def _known_package_modules() -> Iterator[None]:
+    """MLflow checks the explicit requirements against this environment through a module -> package map it first
+    builds by scanning every installed distribution (0.3-4 s, a third of `register`); our requirements are
+    packages whose module has the same name, so the map it needs is known. The map is MLflow's private state, set
+    only for the duration (another model logged in this process gets MLflow's own scan) and left alone if it
+    moved or was already built."""
     try:
         from mlflow.utils import requirements_utils
     except ImportError:  # pragma: no cover - another MLflow layout: it scans, as before
+        yield
         return
-    if getattr(requirements_utils, "_PACKAGES_TO_MODULES", False) is None:
-        requirements_utils._PACKAGES_TO_MODULES = {name: name for name in SERVING_REQUIREMENTS}  # type: ignore[assignment]
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", False) is not None:
+        yield
+        return
+    requirements_utils._MODULES_TO_PACKAGES = {name: [name] for name in SERVING_REQUIREMENTS}  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = None
+        requirements_utils._PACKAGES_TO_MODULES = None
 
 
 def log_onnx_pyfunc(export_dir: Path, name: str = "model") -> ModelInfo:
@@ -343,8 +354,7 @@ def log_onnx_pyfunc(export_dir: Path, name: str = "model") -> ModelInfo:
     export_dir = check_export_dir(export_dir)
     if mlflow.active_run() is None:
         raise RuntimeError("log_onnx_pyfunc must be called inside an active MLflow run (mlflow.start_run())")
-    _skip_package_scan()
-    with quiet():
+    with quiet(), _known_package_modules():
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).resolve()),  # model from code: this file, no pickle

@@ -251,6 +251,10 @@ class GraphCache:
         if not (folder / SLOTS_FILE).is_file():
             return False
         graph_file, slots_file = _files(variant)
+        family = variant.split("-")[0]
+        for stale in folder.glob(f"{family}-*"):  # the same variant from older fusion code: never read again
+            if not stale.name.startswith(f"{variant}."):
+                stale.unlink(missing_ok=True)
         for name, write in (
             (graph_file, lambda path: onnx.save_model(model, str(path))),
             (slots_file, lambda path: path.write_text(json.dumps(slots, indent=1, sort_keys=True), encoding="utf-8")),

@@ -460,3 +460,22 @@ def test_graph_cache_entry_that_fails_parity_is_dropped_and_exported_afresh(
     result = export_onnx(tiny_model_dir, test_parquet, tmp_path / "d", cfg, classifier_task(), cache)
     assert result["passed"] is True and result["graph"]["source"] == "exported"
     assert not any("parity failed" in text for text in said)  # dropped before use
+
+
+def test_graph_cache_keeps_one_fused_variant_per_entry(tmp_path: Path) -> None:
+    """A fused graph kept by newer fusion code replaces the older one's files; without the traced graph of its
+    key, a variant is not kept at all."""
+    from onnx import helper
+
+    from pipelines.onnx_cache import SLOTS_FILE, GraphCache
+
+    cache = GraphCache(tmp_path)
+    entry = cache.entry("key")
+    entry.mkdir()
+    (entry / SLOTS_FILE).write_text("{}")
+    (entry / "fused-old.onnx").write_bytes(b"graph")
+    (entry / "fused-old.slots.json").write_text("{}")
+    model = helper.make_model(helper.make_graph([], "g", [], []))
+    assert cache._keep_variant("key", "fused-new", model, {})
+    assert sorted(p.name for p in entry.iterdir()) == ["fused-new.onnx", "fused-new.slots.json", SLOTS_FILE]
+    assert not cache._keep_variant("other", "fused-new", model, {}) and not cache.entry("other").exists()

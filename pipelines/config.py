@@ -277,9 +277,9 @@ class ExportConfig(Section):
     )
     graph_cache: bool = Field(
         True,
-        description="Reuse the traced graph of an earlier export of the same architecture (~/.cache/nlpops/"
-        "onnx-graphs, weights not kept): only the new weights are written into it. Parity is checked as for a "
-        "fresh export; a failure exports afresh.",
+        description="Reuse the traced (and the fused) graph of an earlier export of the same architecture "
+        "(~/.cache/nlpops/onnx-graphs, weights not kept): only the new weights are written into it. Parity is "
+        "checked as for a fresh export; a failure exports afresh.",
     )
 
 

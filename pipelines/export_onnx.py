@@ -421,12 +421,12 @@ def fused_variant() -> str:
     return "fused-" + hashlib.sha256(inspect.getsource(onnx_optimise).encode()).hexdigest()[:12]
 
 
-def _fill_fused(spec: ExportSpec, onnx_path: Path, key: str, cache: Any) -> dict[str, Any] | None:
-    """model.onnx straight from the cache's fused graph of this architecture (`key`: spec's graph_key), new weights
-    in, the fusion skipped: parity.json's `graph` record; None when the cache holds no fused graph for it."""
+def _fill_fused(spec: ExportSpec, onnx_path: Path, key: str, variant: str, cache: Any) -> dict[str, Any] | None:
+    """model.onnx straight from the cache's fused graph of this architecture (`key`: spec's graph_key; `variant`:
+    fused_variant()), new weights in, the fusion skipped: parity.json's `graph` record; None when the cache holds
+    no fused graph for it."""
     from pipelines.onnx_optimise import CONTRIB_DOMAIN, graph_op_counts
 
-    variant = fused_variant()
     if not cache.fill(key, spec, onnx_path, variant=variant):
         return None
     counts = graph_op_counts(cache.graph_file(key, variant), CONTRIB_DOMAIN)
@@ -453,7 +453,8 @@ def _graphs_with_parity(
     progress.message(f"exporting the ONNX graph (opset {cfg.opset}, dynamic batch and sequence axes)", stage="export")
     key = graph_key(spec, cfg.opset) if cache is not None else None
     fusing = cfg.optimise and task.onnx_fusion and not external
-    fused = _fill_fused(spec, onnx_path, key, cache) if fusing and key is not None else None
+    variant = fused_variant() if fusing and key is not None else None  # once: it reads the fusion module's source
+    fused = _fill_fused(spec, onnx_path, key, variant, cache) if key is not None and variant else None
     sources = {"model.onnx": "cached" if fused is not None else write_graph(spec, onnx_path, cfg.opset, cache, key)}
     for name, graph_spec in graphs.items():
         if name != "model.onnx":
@@ -465,9 +466,9 @@ def _graphs_with_parity(
         progress.message(message, stage="export")
     input_names = list(spec.input_names)
     graph = fused if fused is not None else optimise_graph(onnx_path, cfg, task, external)
-    if fused is None and graph["optimised"] and key is not None:
+    if fused is None and graph["optimised"] and key is not None and variant:
         with contextlib.suppress(Exception):  # as in write_graph: the cache saves time, never costs the export
-            cache.remember(key, spec, onnx_path, variant=fused_variant())
+            cache.remember(key, spec, onnx_path, variant=variant)
     graph["source"] = "cached" if "cached" in sources.values() else "exported"
     session = None
     parity = task.check_parity(out_dir, graphs, tokenizer, rows, cfg)

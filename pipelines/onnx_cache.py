@@ -18,10 +18,12 @@ several tensors, or a model with two equal tensors, which the exporter merges in
 The entry also keeps model.onnx after the export stage's transformer fusion (a variant named after the fusion
 code's digest), mapped the same way: the fused attention's query, key and value weights are one initializer, the
 three tensors side by side ("concat" slots). A rerun then writes the weights into the fused graph and skips both the
-trace and the fusion (about 1 s for MiniLM). The
-export stage's parity check against PyTorch runs on a cached graph as on a fresh one; when it fails the entry is
+trace and the fusion (about 1 s for MiniLM).
+
+The export stage's parity check against PyTorch runs on a cached graph as on a fresh one; when it fails the entry is
 dropped and the graph exported afresh (pipelines.export_onnx.export_onnx). A filled graph is byte-identical to a
-fresh export of the same weights (tested), so the served file and its digest do not depend on the cache.
+fresh export (and fusion) of the same weights (tested), so the served file and its digest do not depend on the
+cache.
 """
 
 from __future__ import annotations
@@ -255,17 +257,16 @@ class GraphCache:
         for stale in folder.glob(f"{family}-*"):  # the same variant from older fusion code: never read again
             if not stale.name.startswith(f"{variant}."):
                 stale.unlink(missing_ok=True)
-        for name, write in (
-            (graph_file, lambda path: onnx.save_model(model, str(path))),
-            (slots_file, lambda path: path.write_text(json.dumps(slots, indent=1, sort_keys=True), encoding="utf-8")),
-        ):  # the graph first: fill reads a variant only once its map is there
-            handle, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
-            os.close(handle)
-            try:
-                write(Path(tmp))
-                os.replace(tmp, folder / name)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+        from pipelines.statedir import atomic_write
+
+        # The graph first: fill reads a variant only once its map is there.
+        atomic_write(folder / graph_file, lambda path: onnx.save_model(model, str(path)))
+        text = json.dumps(slots, indent=1, sort_keys=True)
+
+        def write_slots(path: Path) -> None:
+            path.write_text(text, encoding="utf-8")
+
+        atomic_write(folder / slots_file, write_slots)
         return True
 
     def prune(self, keep: int = KEEP_ENTRIES) -> None:
@@ -281,11 +282,12 @@ def _weight_slots(
     np: Any,
     numpy_helper: Any,
     constants: Collection[str] = (),
-) -> dict[str, list[str]] | None:
+) -> dict[str, list[Any]] | None:
     """{initializer: [tensor name, "same" | "transpose"]} for every initializer holding a model tensor (by name, else
-    by value); None when an initializer larger than a small constant matches no tensor, or several, or when two
-    model tensors are equal (the exporter merges equal initializers: another model's weights would not fit), unless
-    both are `constants` (non-persistent buffers, the same in every model of the key)."""
+    by value), or ["concat", axis, [[tensor name, how]...]] for one holding several side by side (_concatenated);
+    None when an initializer larger than a small constant matches no tensor (nor a concatenation), or several, or
+    when two model tensors are equal (the exporter merges equal initializers: another model's weights would not
+    fit), unless both are `constants` (non-persistent buffers, the same in every model of the key)."""
     by_shape: dict[tuple[int, ...], list[str]] = {}
     contents: set[tuple[Any, ...]] = set()
     for name, array in tensors.items():

@@ -33,18 +33,64 @@ def test_idle_cores_samples_proc_stat_on_linux() -> None:
     assert idle is None or 0.0 <= idle <= len(os.sched_getaffinity(0))
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux /proc/stat")
-def test_idle_sample_spans_the_work_done_meanwhile() -> None:
-    """A sample begun before a model load counts the load's window: this process's busy core is idle to it, and
-    the window is topped up to the minimum only when the work was shorter."""
-    import time
+class _Clock:
+    """Wall and process clocks this test moves by hand; `sleep` moves the wall clock only (a sleeping process uses
+    no CPU)."""
 
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.own = 5.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.wall
+
+    def process_time(self) -> float:
+        return self.own
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.wall += seconds
+
+    def work(self, seconds: float) -> None:
+        """This process busy on one core for `seconds`."""
+        self.wall += seconds
+        self.own += seconds
+
+
+@pytest.mark.parametrize(("other_job", "expected"), [(False, 2.0), (True, 1.0)])
+def test_idle_sample_spans_the_work_done_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, other_job: bool, expected: float
+) -> None:
+    """A sample begun before a model load counts the load's window: this process's busy core is idle to it (and a
+    core another job holds is not), and the window is topped up to the minimum only when the work was shorter."""
+    clock = _Clock()
+    monkeypatch.setattr(cpu, "time", clock)
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1})
+    ticks = iter(
+        [
+            {0: (1000, 2000), 1: (1000, 2000)},
+            # 0.5 s at 100 ticks/s: cpu 0 busy for the 0.3 s load (this process), cpu 1 idle or held by another job
+            {0: (1020, 2050), 1: (1000 if other_job else 1050, 2050)},
+        ]
+    )
+    monkeypatch.setattr(cpu, "_cpu_times", lambda cpus: next(ticks))
     sample = cpu.IdleSample()
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:  # busy, as a model load is
-        sum(range(1000))
-    started = time.monotonic()
-    idle = sample.idle(min_seconds=0.5)
-    assert 0.15 <= time.monotonic() - started <= 0.4  # only the rest of the 0.5 s is slept
+    clock.work(0.3)  # a model load
+    assert sample.idle(min_seconds=0.5) == pytest.approx(expected)
+    assert clock.slept == [pytest.approx(0.2)]  # only the rest of the 0.5 s is slept
+    sample = cpu.IdleSample.__new__(cpu.IdleSample)  # a window already longer than the minimum sleeps nothing
+    sample.cpus, sample.before, sample.own_before, sample.wall_before = {0, 1}, {0: (0, 0)}, clock.own, clock.wall
+    clock.work(0.8)
+    monkeypatch.setattr(cpu, "_cpu_times", lambda cpus: {0: (0, 80)})
+    assert sample.idle(min_seconds=0.5) == pytest.approx(1.0)
+    assert clock.slept[-1] == 0.0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux /proc/stat")
+def test_idle_sample_reads_the_real_proc_stat() -> None:
+    """The same against the machine's own /proc/stat: a value within the CPUs (what it is depends on what else
+    runs, e.g. the other pytest worker, so the exact arithmetic is the test above)."""
+    sample = cpu.IdleSample()
+    idle = sample.idle(min_seconds=0.05)
     assert idle is not None and 0.0 <= idle <= len(os.sched_getaffinity(0))
-    assert idle >= 0.75  # its own busy core counts as idle (another job may hold the rest, on a shared machine)

@@ -177,6 +177,7 @@ def _commands(cfg: ServicesConfig) -> dict[str, tuple[list[str], dict[str, str]]
     # more Python processes, about 1.3 GB, each importing MLflow at start-up. Off unless the user says so.
     mlflow_env = {
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),  # as the CLI's own
         # --backend-store-uri by environment: a password in it stays out of `ps` and the process list.
         "MLFLOW_BACKEND_STORE_URI": cfg.database_url(cfg.mlflow_db, "psycopg2"),
     }

@@ -74,6 +74,9 @@ def setup(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # ... and its client: no telemetry notice on the terminal of an offline machine (the standard opt-out variable)
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # MLflow 3 sends usage telemetry from two background threads unless told not to, and reads DO_NOT_TRACK only
+    # as "true" (not the standard's "1"): off like Prefect's and Great Expectations', unless the user says otherwise.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # The first start of the ephemeral server migrates its database; on a busy 2-core machine that can take
     # longer than Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -120,3 +120,18 @@ def test_the_console_script_runs_exit_handlers_then_skips_the_teardown(tmp_path:
         assert done.returncode == code, done.stderr
         assert marker.read_text().splitlines() == ["thread-hook", "atexit"]
         assert ("Usage" in done.stdout) if code == 0 else ("error:" in done.stderr and "missing.yaml" in done.stderr)
+
+
+def test_the_cli_turns_mlflow_telemetry_off_unless_the_user_set_it(tmp_path: Path) -> None:
+    """Prefect's and Great Expectations' telemetry are off by default; MLflow's too (it reads DO_NOT_TRACK only as
+    "true", so DO_NOT_TRACK=1 alone left its sender threads running). A user's own setting wins."""
+    code = (
+        "import sys; from pipelines.cli.options import setup; "
+        f"setup({str(REPO / 'params.yaml')!r}, ['project.state_dir={tmp_path / 'state'}'], False); "
+        "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY; print(MLFLOW_DISABLE_TELEMETRY.get())"
+    )
+    for user, expected in ((None, "True"), ("false", "False")):
+        env = clean_env(**({"MLFLOW_DISABLE_TELEMETRY": user} if user else {}))
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == expected

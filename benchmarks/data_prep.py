@@ -9,7 +9,8 @@ used unless --tokenizer points at another local Hugging Face folder.
     .venv/bin/python benchmarks/data_prep.py --sizes 10000 100000
     .venv/bin/python benchmarks/data_prep.py --dask-workers 2 # + the same on shards, a local 2-worker Dask cluster
 
-Target on a 2-core machine: 1M rows in <= 60 s in total, peak RSS <= 4 GB, time linear in rows.
+Target on a 2-core machine: 1M rows validated, cleaned and tokenised in <= 60 s in every run (imports timed apart),
+peak RSS <= 2 GB, time linear in rows. --json writes the results, and a PNG of them next to it (--plot elsewhere).
 
 With --dask-workers N each size also runs sharded (orchestration.shard_rows, pipelines/sharded.py) on a local Dask
 cluster of N worker processes x 1 thread through Prefect's DaskTaskRunner, in its own process: the `dask` columns
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="Where inputs and outputs go (default: a temp dir)."
     )
-    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here (and a PNG beside).")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path; default the --json path as .png.")
     parser.add_argument(
         "--dask-workers", type=int, default=0, help="Also run each size on shards on a local Dask cluster of N workers."
     )
@@ -209,6 +211,45 @@ def main() -> None:
         print(f"1M/100k time ratio: {ratio:.1f} (10 = linear)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    plot_path = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    if plot_path:
+        plot(results, plot_path)
+        print(f"wrote {plot_path}")
+
+
+TARGET_S, TARGET_RSS_GB = 60.0, 2.0
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Seconds per stage for each size (imports apart, hatched), the 60 s target, peak RSS at each bar's end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for r in results:
+        rows.append((f"{r['rows']:,} rows", r, r["peak_rss_gb"]))
+        if "dask" in r:
+            rows.append((f"{r['rows']:,} rows, dask {r['dask']['workers']}w", r["dask"], r["dask"]["peak_rss_gb"]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    colours = {"validate_s": "tab:blue", "clean_s": "tab:orange", "tokenise_s": "tab:green"}
+    for i, (label, r, rss) in enumerate(rows):
+        left = 0.0
+        for key, colour in colours.items():
+            ax.barh([label], [r[key]], left=left, color=colour, label=key[:-2] if i == 0 else None)
+            left += r[key]
+        imports = "imports" if i == 0 else None
+        ax.barh([label], [r["imports_s"]], left=left, color="lightgrey", hatch="//", label=imports)
+        ax.text(left + r["imports_s"] + 0.5, i, f"{left:.1f} s, {rss:.2f} GB peak RSS", va="center", fontsize=7)
+    ax.axvline(TARGET_S, color="red", linestyle=":", linewidth=1, label=f"target {TARGET_S:.0f} s (1M rows)")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"seconds (validate + clean + tokenise; peak RSS target {TARGET_RSS_GB:.0f} GB)")
+    ax.set_xlim(0, max(TARGET_S, *(r["total_s"] + r["imports_s"] for _, r, _ in rows)) * 1.35)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.45 if len(rows) < 4 else -0.2))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 _CHUNK = 1 << 20
+# Digests of large files already read by this process, by file identity and state: one `nlpops run` records the
+# same model files in the train, evaluate and export lineage records. A rewrite (new inode on rename, or new size,
+# mtime or ctime in place; ctime cannot be set back, and moves with the file system's timestamp tick of a few ms)
+# misses it. Files under _MEMO_MIN_BYTES are simply re-read.
+_memo: dict[tuple[str, int, int, int, int, int], str] = {}
+_MEMO_MIN_BYTES = 1 << 20
+
+
+def _state(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        key = (algorithm, *_state(before))
+        if before.st_size >= _MEMO_MIN_BYTES and key in _memo:
+            return _memo[key]
+        digest = hashlib.new(algorithm)
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+        value = digest.hexdigest()
+        if before.st_size >= _MEMO_MIN_BYTES and _state(os.fstat(fh.fileno())) == key[1:]:  # not written meanwhile
+            _memo[key] = value
+    return value
 
 
 def file_md5(path: str | Path) -> str:

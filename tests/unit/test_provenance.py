@@ -161,3 +161,40 @@ def test_run_register_refuses_a_mix_before_touching_the_registry(project, monkey
     assert len(registered) == 1 and registered[0]["run_id"] == "run-A"
     assert registered[0]["tokenise.cache_key"] == "tok-key-1"
     assert registered[0]["metric.macro_f1"] == str(0.4 + 7 / 100)
+
+
+def test_file_digest_reuses_a_large_files_digest_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    """A run hashes the same model files for several lineage records: the second read is skipped, but any rewrite
+    (in place with the same size and a restored mtime, or a new file renamed over it) is hashed again."""
+    import hashlib
+    import os
+    import time
+
+    from pipelines import hashing
+
+    big = tmp_path / "model.safetensors"
+    data = bytes(range(256)) * (hashing._MEMO_MIN_BYTES // 256 + 1)
+    big.write_bytes(data)
+    assert file_digest(big) == hashlib.sha256(data).hexdigest()
+    reads: list[int] = []
+    real_new = hashlib.new
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashing.hashlib, "new", lambda name: reads.append(1) or real_new(name))
+        assert file_digest(big) == hashlib.sha256(data).hexdigest() and reads == []  # reused
+        assert file_digest(big, "md5") == hashlib.md5(data).hexdigest() and reads == [1]  # another algorithm
+        stat = big.stat()
+        time.sleep(0.05)  # past the file system's timestamp tick (coarse clocks: a few ms)
+        changed = b"x" + data[1:]
+        big.write_bytes(changed)  # same size, in place, mtime set back: ctime still moves
+        os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert file_digest(big) == hashlib.sha256(changed).hexdigest()
+        other = tmp_path / "new.safetensors"
+        other.write_bytes(data)
+        other.replace(big)  # atomic rename over it: another inode
+        assert file_digest(big) == hashlib.sha256(data).hexdigest()
+        small = tmp_path / "config.json"
+        small.write_text("{}")
+        before = len(reads)
+        file_digest(small)
+        file_digest(small)
+        assert len(reads) == before + 2  # small files are simply re-read

@@ -62,6 +62,12 @@ class DataConfig(Section):
 
     source_column: str = Field("source", description="Sequence to sequence: the input text column.")
     target_column: str = Field("target", description="Sequence to sequence: the output text column.")
+    group_column: str | None = Field(
+        None,
+        description="Sequence to sequence: rows sharing this column's value (e.g. the article a pair was made from) "
+        "stay in one split when validation/test are cut from data.path, so no split sees another's topic; empty = "
+        "rows are grouped by their source only.",
+    )
 
     tokens_column: str = Field("tokens", description="Token classification, JSONL/Parquet: the list of words.")
     tags_column: str = Field("tags", description="Token classification, JSONL/Parquet: the list of tags.")

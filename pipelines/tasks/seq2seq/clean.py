@@ -8,8 +8,8 @@
   another target is kept: several references are normal (paraphrases, several questions about one answer).
 - Split: validation/test files given in params are used as they are; missing ones are cut from the main file by
   source, so all targets of one source land in one split (seeded, about clean.validation_size / test_size of the
-  rows). Then training pairs whose source (case, punctuation and spacing aside) is in validation or test are
-  removed (leakage).
+  rows), or by data.group_column when set (whole articles, say, so validation scores unseen topics). Then training
+  pairs whose source (case, punctuation and spacing aside) is in validation or test are removed (leakage).
 
 Writes `{train,validation,test}.parquet` (source, target, [slice], row), `label_map.json` (no label space),
 `quarantine.parquet` and `summary.json`. Same input + same params -> byte-identical outputs.
@@ -46,14 +46,16 @@ def _write(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
     pq.write_table(pa.table(arrays), path)
 
 
-def split_by_source(keys: pd.Series, fractions: dict[str, float], seed: int, path: str) -> dict[str, np.ndarray]:
-    """Row positions per split: whole groups of one source key only, validation/test filled to about their share
-    of the rows in a seeded random group order; train gets the rest."""
+def split_by_source(
+    keys: pd.Series, fractions: dict[str, float], seed: int, path: str, unit: str = "source"
+) -> dict[str, np.ndarray]:
+    """Row positions per split: whole groups of one key (a source, or a data.group_column value) only,
+    validation/test filled to about their share of the rows in a seeded random group order; train gets the rest."""
     names = sorted(keys.unique().tolist())
     if len(names) < len(fractions) + 1:
         raise DataError(
-            f"{path}: only {len(names)} distinct sources after cleaning; need at least {len(fractions) + 1} to split "
-            f"into train/{'/'.join(fractions)} without one source in two splits"
+            f"{path}: only {len(names)} distinct {unit}s after cleaning; need at least {len(fractions) + 1} to split "
+            f"into train/{'/'.join(fractions)} without one {unit} in two splits"
         )
     sizes = keys.value_counts().to_dict()
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
@@ -88,7 +90,8 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
     for role, path in (("train", data.path), ("validation", data.validation_path), ("test", data.test_path)):
         if not path:
             continue
-        raw = read_pairs(path, data)
+        # the group column is needed where splits are cut: the main file only
+        raw = read_pairs(path, data if role == "train" else data.model_copy(update={"group_column": None}))
         frame = pd.DataFrame(
             {
                 "source": clean_series(raw["source"], cfg.unicode_form).to_numpy(),
@@ -96,6 +99,8 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
                 "row": raw["row"].to_numpy(),
             }
         )
+        if "group" in raw.columns:
+            frame["group"] = raw["group"].fillna("").astype("str").str.strip().to_numpy()
         if "slice" in raw.columns:
             frame["slice"] = raw["slice"].astype("str").str.strip().fillna("").replace("", "(missing)").to_numpy()
         reason = np.full(len(frame), None, dtype=object)
@@ -168,8 +173,12 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
     missing = {k: f for k, f in (("validation", cfg.validation_size), ("test", cfg.test_size)) if k not in frames}
     splits = {k: v for k, v in frames.items() if k != "train"}
     train = frames["train"]
+    grouped = "group" in train.columns
     if missing:
-        for name, idx in split_by_source(keys["train"], missing, cfg.seed, str(data.path)).items():
+        # whole groups (data.group_column: e.g. articles) or whole sources go to one split
+        split_keys = train["group"] if grouped else keys["train"]
+        unit = f"{data.group_column} value" if grouped else "source"
+        for name, idx in split_by_source(split_keys, missing, cfg.seed, str(data.path), unit).items():
             splits[name] = train.iloc[idx]
     else:
         splits["train"] = train
@@ -200,7 +209,7 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
         "splits": sizes,
         "labels": [],
         "stratified": False,
-        "split_by": "source" if missing else "file",
+        "split_by": (f"group ({data.group_column})" if grouped else "source") if missing else "file",
         "split_note": None if missing else "validation and test splits read from data.validation_path / data.test_path",
         "split_source": {k: ("file" if k in frames else "split") for k in SPLITS},
         "seed": cfg.seed,

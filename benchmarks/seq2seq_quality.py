@@ -8,8 +8,10 @@ Uses the task's own pieces (clean with its split by source, tokenise, collate, t
 export_graphs, check_parity, the runtime) with a plain AdamW loop (length-grouped batches, linear warm-up and
 decay, clipping), the best epoch by validation BLEU kept, and a time budget for CPU machines.
 
-The source-token bias (task.generate.source_bias, a decoding prior) is chosen after training among --source-bias
-candidates by validation BLEU; the test split is scored with it and without it (same model).
+The source-token bias (task.generate.source_bias, a decoding prior) and the output vocabulary (task.output_vocabulary:
+the source's tokens, EOS and the N learned ones) are chosen together after training among the --source-bias x
+--output-vocabulary candidates by validation BLEU; the test split is scored with them and without (same model).
+--group-column title cuts the validation split by article, so that choice is made on an unseen topic, as dev is.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/seq2seq_quality.py --max-minutes 20 --source-bias 0,1,2,3
     .venv/bin/python benchmarks/seq2seq_quality.py --load-model /tmp/qg-model --source-bias 0,2,4  # no training
@@ -90,6 +92,26 @@ def main() -> None:
         default=0.0,
         help="task.copy_task_share: this share of the training rows is added again as 'copy: source' -> source.",
     )
+    ap.add_argument(
+        "--output-vocabulary",
+        default="0",
+        help="task.output_vocabulary candidates, comma-separated (generate only the source's tokens, EOS and this "
+        "many tokens learned from the training targets; 0 = off): chosen after training with --source-bias, every "
+        "pair scored on the validation split.",
+    )
+    ap.add_argument(
+        "--train-vocabulary",
+        type=int,
+        default=0,
+        help="Train with this output vocabulary in the loss (task.output_vocabulary_in_loss); 0 = off. The "
+        "per-epoch validation generates with it; the candidates above must then include it.",
+    )
+    ap.add_argument(
+        "--group-column",
+        default=None,
+        help="data.group_column: cut the validation split from train.jsonl by this column (title: whole articles, "
+        "so validation scores unseen topics as dev does); default: by source.",
+    )
     ap.add_argument("--save-model", type=Path, default=None, help="Save the trained model (and tokenizer) here.")
     ap.add_argument("--load-model", type=Path, default=None, help="Skip training: load a model saved by --save-model.")
     ap.add_argument("--threads", type=int, default=2)
@@ -102,7 +124,7 @@ def main() -> None:
     from pipelines import finetuning
     from pipelines.export_onnx import export_model_to_onnx
     from pipelines.serving import load_runtime
-    from pipelines.tasks.seq2seq.model import torch_generate
+    from pipelines.tasks.seq2seq.model import VOCABULARY_ATTR, torch_generate
     from pipelines.train import length_grouped_batches
 
     torch.set_num_threads(args.threads)
@@ -111,7 +133,11 @@ def main() -> None:
     params = Params.model_validate(
         {
             "project": {"artifacts_dir": str(work / "artifacts"), "state_dir": str(work / "state")},
-            "data": {"path": str(args.data_dir / "train.jsonl"), "test_path": str(args.data_dir / "dev.jsonl")},
+            "data": {
+                "path": str(args.data_dir / "train.jsonl"),
+                "test_path": str(args.data_dir / "dev.jsonl"),
+                "group_column": args.group_column,
+            },
             "task": {
                 "type": "seq2seq",
                 "max_target_length": args.max_target,
@@ -121,6 +147,8 @@ def main() -> None:
                 "cross_attention_init": args.cross_attention_init,
                 "source_bias_in_loss": bool(args.train_source_bias),
                 "copy_task_share": args.copy_task_share,
+                "output_vocabulary": args.train_vocabulary or max(int(k) for k in args.output_vocabulary.split(",")),
+                "output_vocabulary_in_loss": bool(args.train_vocabulary),
                 "generate": {
                     "source_bias": args.train_source_bias,
                     "num_beams": args.beams,
@@ -146,8 +174,11 @@ def main() -> None:
     if args.load_model:
         model = task.load_trained(args.load_model)
         args.epochs = 0
+        if task.options.output_vocabulary and getattr(model.config, VOCABULARY_ATTR, None) is None:
+            task.learn_from_training_split(model, rows["train"])  # a model saved without one: learn it now
     else:
         model = task.build_model(bundled_model_path(), {}, params.model)
+        task.learn_from_training_split(model, rows["train"])
     train_cfg = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, warmup_ratio=args.warmup)
     optimizer = finetuning.build_optimizer(model, train_cfg)
     steps_per_epoch = (len(rows["train"]["input_ids"]) + args.batch_size - 1) // args.batch_size
@@ -162,14 +193,18 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     base = task.options
 
-    def task_generating(**settings: Any) -> Any:
-        """The task with these task.generate settings changed (the model and everything else as they are)."""
+    def task_generating(vocabulary: int | None = None, **settings: Any) -> Any:
+        """The task with these task.generate settings (and output vocabulary size) changed, the model and
+        everything else as they are."""
         generate = base.generate.model_copy(update=settings)
         in_loss = base.source_bias_in_loss and bool(generate.source_bias)  # a loss with no bias to add: off
-        options = base.model_copy(update={"generate": generate, "source_bias_in_loss": in_loss})
-        return get_task(params.model_copy(update={"task": options}))
+        size = base.output_vocabulary if vocabulary is None else vocabulary
+        update = {"generate": generate, "source_bias_in_loss": in_loss, "output_vocabulary": size}
+        update["output_vocabulary_in_loss"] = base.output_vocabulary_in_loss and bool(size)
+        return get_task(params.model_copy(update={"task": base.model_copy(update=update)}))
 
-    validation_task = task_generating(num_beams=args.val_beams)
+    # the per-epoch validation: greedy unless --val-beams; the vocabulary trained with, else none
+    validation_task = task_generating(vocabulary=args.train_vocabulary, num_beams=args.val_beams)
     started, best, best_state, history, stop, step = time.perf_counter(), -1.0, None, [], False, 0
     after_first = started
     for epoch in range(1, args.epochs + 1):
@@ -223,21 +258,26 @@ def main() -> None:
         model.save_pretrained(args.save_model)
         tokenizer.save_pretrained(args.save_model)
 
-    # the source-token bias (generation only): chosen on the validation split, all of its rows, test beams
+    # the source-token bias and the output vocabulary (generation only): chosen together on the validation split,
+    # all of its rows, test beams
     every = {**rows["validation"], "generate": [1] * len(rows["validation"]["input_ids"])}
     bias_scores: dict[str, float] = {}
     for bias in [float(b) for b in args.source_bias.split(",")]:
-        biased = task_generating(source_bias=bias)
-        scored = biased.score(biased.predict(model, every, frames["validation"], 32, pad), frames["validation"], {})
-        bias_scores[str(bias)] = round(float(scored["bleu"]), 4)
-        print(f"source_bias {bias}: validation BLEU {scored['bleu']:.4f}", flush=True)
-    chosen_bias = float(max(bias_scores, key=lambda b: bias_scores[b]))
+        for size in [int(k) for k in args.output_vocabulary.split(",")]:
+            candidate = task_generating(vocabulary=size, source_bias=bias)
+            scored = candidate.score(
+                candidate.predict(model, every, frames["validation"], 32, pad), frames["validation"], {}
+            )
+            bias_scores[f"{bias}/{size}"] = round(float(scored["bleu"]), 4)
+            print(f"source_bias {bias}, output_vocabulary {size}: validation BLEU {scored['bleu']:.4f}", flush=True)
+    chosen = max(bias_scores, key=lambda b: bias_scores[b])
+    chosen_bias, chosen_size = float(chosen.split("/")[0]), int(chosen.split("/")[1])
     unbiased_test = None
-    if chosen_bias:
-        plain = task_generating(source_bias=0.0)
+    if chosen_bias or chosen_size:
+        plain = task_generating(vocabulary=0, source_bias=0.0)
         unbiased = plain.score(plain.predict(model, rows["test"], frames["test"], 32, pad), frames["test"], {})
         unbiased_test = {k: round(float(unbiased[k]), 4) for k in SCORES}
-        task = task_generating(source_bias=chosen_bias)
+        task = task_generating(vocabulary=chosen_size, source_bias=chosen_bias)
 
     evaluated = time.perf_counter()
     predictions = task.predict(model, rows["test"], frames["test"], 32, pad)
@@ -295,11 +335,19 @@ def main() -> None:
         + (" (tied)" if args.tie else "")
         + (", cross-attention copied from self-attention" if args.cross_attention_init == "self_attention" else ""),
         "generation": settings.to_dict(),
+        "output_vocabulary": tokenizer.convert_ids_to_tokens(list(settings.vocabulary))
+        if settings.vocabulary
+        else None,
         "lowercased_scoring": bool(test["lowercased"]),
         "test_rows": test["rows"],
         "test": {k: round(float(test[k]), 4) for k in SCORES},
         "copy_source_floor": {k: round(float(test[k]), 4) for k in ("copy_bleu", "copy_chrf", "copy_rougeL")},
-        "source_bias": {"validation_bleu": bias_scores, "chosen": chosen_bias, "test_without_it": unbiased_test},
+        "source_bias": {
+            "validation_bleu": bias_scores,  # "bias/vocabulary size": BLEU
+            "chosen": chosen_bias,
+            "chosen_output_vocabulary": chosen_size,
+            "test_without_it": unbiased_test,  # neither bias nor vocabulary
+        },
         "train_seconds": train_seconds,
         "best_val_bleu": round(best, 4),
         "history": history,

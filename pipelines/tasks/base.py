@@ -124,6 +124,11 @@ class Task(ABC):
 
         return load_pretrained_model(model_path, self, id2label, model_cfg)
 
+    def learn_from_training_split(self, model: Any, rows: dict[str, list]) -> None:
+        """Settings the model learns from the tokenised training split before training and keeps on its config
+        (seq2seq: the output vocabulary); none by default."""
+        return None
+
     def load_trained(self, model_dir: Path) -> Any:
         """A fine-tuned checkpoint written by the train stage, in eval mode."""
         from pipelines.pretrained import load_trained_model

@@ -325,6 +325,15 @@ SETTINGS = [
         "source_bias": 4.0,
         "source_bias_normalised": True,
     },
+    {"num_beams": 1, "max_new_tokens": 9, "no_repeat_ngram_size": 2, "source_bias": 4.0, "vocabulary": ("what", "?")},
+    {
+        "num_beams": 3,
+        "max_new_tokens": 8,
+        "no_repeat_ngram_size": 2,
+        "source_bias": 4.0,
+        "source_bias_normalised": True,
+        "vocabulary": ("what", "is", "?"),
+    },
 ]
 
 
@@ -339,6 +348,8 @@ SETTINGS = [
         "greedy-source-bias",
         "beam3-source-bias",
         "beam3-source-bias-normalised",
+        "greedy-vocabulary",
+        "beam3-vocabulary-source-bias-normalised",
     ],
 )
 def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> None:
@@ -349,6 +360,8 @@ def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> No
     from pipelines.tasks.seq2seq.model import torch_generate
 
     task, model, tok = bert2bert
+    if "vocabulary" in options:  # words -> the tiny tokenizer's ids
+        options = {**options, "vocabulary": tuple(tok.convert_tokens_to_ids(list(options["vocabulary"])))}
     settings = dataclasses.replace(task.settings_for(task.special_tokens()), **options)
     enc = tok(SOURCES, padding="longest", return_tensors="np", return_token_type_ids=False)
     ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
@@ -359,7 +372,7 @@ def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> No
     got = generate(first, step, mask, settings, ids)
     assert got.sequences == expected_ids
     if settings.source_bias:  # the bias pulls the random model's outputs onto each row's own source tokens
-        unbiased = generate(first, step, mask, dataclasses.replace(settings, source_bias=0.0))
+        unbiased = generate(first, step, mask, dataclasses.replace(settings, source_bias=0.0, vocabulary=None))
         special = {settings.decoder_start_token_id, *settings.eos_token_ids, settings.pad_token_id}
 
         def from_source(sequences: list[list[int]]) -> float:
@@ -368,6 +381,13 @@ def test_numpy_generation_matches_torch_generate(bert2bert, options: dict) -> No
             return sum(hits) / max(len(hits), 1)
 
         assert from_source(got.sequences) > from_source(unbiased.sequences)
+    if settings.vocabulary is not None:  # only each row's own source tokens, the vocabulary and EOS are written
+        for row, m, seq in zip(ids, mask, got.sequences, strict=True):
+            allowed = (set(row[m == 1].tolist()) | set(settings.vocabulary) | set(settings.eos_token_ids)) - {
+                settings.decoder_start_token_id,
+                settings.pad_token_id,
+            }
+            assert set(seq[1:]) <= allowed, (seq, allowed)
     assert len({tuple(s) for s in got.sequences}) > 2, got.sequences  # the random model does depend on its input
     if options["max_new_tokens"] >= 8:
         assert any(len(s) < settings.max_length for s in got.sequences)  # some stop at EOS before the limit
@@ -412,6 +432,19 @@ def test_generation_helpers() -> None:
     scored = process_scores(np.asarray([[2], [2]]), np.zeros((2, 10), dtype=np.float32), biased, rows)
     assert scored[0].argmax() == 5 and scored[1].argmax() == 7
     assert GenerationSettings.from_dict(biased.to_dict()) == biased
+    # the output vocabulary: -inf on every token neither in the row's source, nor in the vocabulary, nor EOS
+    kept = GenerationSettings(2, (3,), 0, source_bias=1.5, vocabulary=(8, 9))
+    ids, mask = np.asarray([[2, 5, 6, 3], [2, 7, 3, 0]]), np.asarray([[1, 1, 1, 1], [1, 1, 1, 0]])
+    rows = source_bias_rows(ids, mask, 10, kept)
+    assert np.isfinite(rows[0]).nonzero()[0].tolist() == [3, 5, 6, 8, 9]
+    assert np.isfinite(rows[1]).nonzero()[0].tolist() == [3, 7, 8, 9]
+    assert rows[0, 5] == np.float32(1.5) and rows[0, 8] == 0.0 and rows[0, 3] == 0.0
+    plain = source_bias_rows(ids, mask, 10, kept, bias=False)  # the vocabulary rule alone (the loss without a bias)
+    assert plain[0, 5] == 0.0 and np.isinf(plain[0, 4])
+    assert source_bias_rows(ids, mask, 10, dataclasses.replace(kept, source_bias=0.0)) is not None
+    scored = process_scores(np.asarray([[2], [2]]), np.zeros((2, 10), dtype=np.float32), kept, rows)
+    assert np.isinf(scored[:, [0, 1, 2, 4]]).all() and scored[0].argmax() == 5
+    assert GenerationSettings.from_dict(json.loads(json.dumps(kept.to_dict()))) == kept
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
@@ -452,6 +485,7 @@ def test_onnx_export_parity_and_runtime_match_torch_greedy_and_beam(bert2bert, t
         {"num_beams": 1, "no_repeat_ngram_size": 0},
         {"num_beams": 3, "length_penalty": 0.8},
         {"num_beams": 2, "source_bias": 3.0},
+        {"num_beams": 2, "vocabulary": tuple(tok.convert_tokens_to_ids(["what", "?"])), "source_bias_normalised": True},
     ):
         settings = dataclasses.replace(base, max_new_tokens=9, **options)
         feeds = runtime.encode(SOURCES)
@@ -577,6 +611,108 @@ def test_source_bias_in_loss_is_the_loss_on_the_biased_logits_and_needs_a_bias(b
         assert float(task.training_loss(Wrapper(), batch)) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ConfigError, match=r"task\.source_bias_in_loss is on but task\.generate\.source_bias is 0"):
         load_params(REPO / "params.yaml", ["task.type=seq2seq", "task.source_bias_in_loss=true"])
+
+
+def test_output_vocabulary_is_learned_from_training_targets_kept_with_the_model_and_bounds_the_loss(
+    bert2bert, tmp_path: Path
+) -> None:
+    """task.output_vocabulary: the target tokens most often absent from their own source, counted once per target;
+    stored on the model's config (it survives save/load and reaches the generation settings); the training loss is
+    the cross-entropy of a softmax over the row's source tokens, those ids and EOS, label smoothing spread over them
+    alone, and target tokens outside them are not trained on."""
+    import torch
+
+    from pipelines.config import TokeniseConfig, load_params
+    from pipelines.errors import ConfigError
+    from pipelines.tasks.seq2seq.model import VOCABULARY_ATTR, generation_settings, learned_vocabulary
+
+    base, _, tok = bert2bert
+    special = base.special_tokens()
+    ids = tok.convert_tokens_to_ids
+    sources = [[2, *ids(["the", "cat"]), 3], [2, *ids(["a", "dog"]), 3], [2, *ids(["mat"]), 3]]
+    labels = [
+        [*ids(["what", "what", "the", "?"]), 3],
+        [*ids(["what", "is", "the", "?"]), 3, -100],
+        [*ids(["is", "mat", "?"]), 3],
+    ]
+    # '?' in 3 targets, 'what' and 'is' in 2 (once per target), 'the' counts only where its source lacks it: 1
+    assert learned_vocabulary(sources, labels, special, 3) == [ids("?"), *sorted(ids(["what", "is"]))]
+    assert learned_vocabulary(sources, labels, special, 10)[-1] == ids("the")  # 'mat' is in its own source
+
+    options = base.options.model_copy(
+        update={"output_vocabulary": 2, "output_vocabulary_in_loss": True, "label_smoothing": 0.1}
+    )
+    task = _task(base.params.model_copy(update={"task": options}))
+    decoding_only = _task(
+        base.params.model_copy(update={"task": options.model_copy(update={"output_vocabulary_in_loss": False})})
+    )
+    frame = pd.DataFrame({"source": SOURCES[:4], "target": ["what is the cat", "a dog ?", "what mat", "z"]})
+    frame["row"] = range(4)
+    frame.attrs["split"] = "train"
+    rows = task.tokenise(tok, frame, TokeniseConfig(max_length=32))
+    fresh = task.build_model(Path(base.params.model.path), {}, base.params.model)
+    task.learn_from_training_split(fresh, rows)
+    learned = getattr(fresh.config, VOCABULARY_ATTR)  # every such token, most frequent first
+    assert learned == [ids("what"), *sorted(ids(["is", "?", "z"]))]  # 'what' twice, then ties by id
+    fresh.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded = task.load_trained(tmp_path / "m")
+    settings = generation_settings(loaded, task.options)
+    vocabulary = list(settings.vocabulary)
+    assert vocabulary == learned[:2] and settings.source_bias_normalised  # beam scores as trained
+    assert not generation_settings(loaded, decoding_only.options).source_bias_normalised
+    assert generation_settings(loaded, base.options).vocabulary is None  # task.output_vocabulary 0: off
+
+    batch = task.collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        got = task.training_loss(fresh, batch)
+        logits = fresh(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    total, count = 0.0, 0
+    for r in range(logits.shape[0]):
+        source = {int(t) for t, m in zip(batch["input_ids"][r], batch["attention_mask"][r], strict=True) if m}
+        allowed = sorted((source - {2, tok.pad_token_id}) | set(vocabulary) | {3})
+        for position, label in enumerate(batch["labels"][r].tolist()):
+            if label == -100 or label not in allowed:
+                continue  # padding, and what generation can never write: not trained on
+            logp = torch.log_softmax(logits[r, position, allowed], dim=-1)
+            total += float(-(0.9 * logp[allowed.index(label)] + 0.1 * logp.mean()))
+            count += 1
+    assert 0 < count < int((batch["labels"] != -100).sum())  # 'z' is neither in its source nor in the vocabulary
+    assert float(got) == pytest.approx(total / count, rel=1e-5)
+    with torch.no_grad():  # without output_vocabulary_in_loss: the plain loss
+        plain = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), label_smoothing=0.1
+        )
+        assert float(decoding_only.training_loss(fresh, batch)) == pytest.approx(float(plain), rel=1e-5)
+    with pytest.raises(ConfigError, match=r"task\.output_vocabulary_in_loss is on but task\.output_vocabulary is 0"):
+        load_params(REPO / "params.yaml", ["task.type=seq2seq", "task.output_vocabulary_in_loss=true"])
+
+
+def test_clean_splits_by_the_group_column_and_names_it_when_missing(tmp_path: Path) -> None:
+    rows = [
+        {"source": f"answer: a{i} context: sentence {i} of {g}", "target": f"question {i} ?", "title": g}
+        for g in ("alpha", "beta", "gamma", "delta", "epsilon")
+        for i in range(12)
+    ]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    clean = {"validation_size": 0.2, "test_size": 0.2}
+    params = make_params(tmp_path, path, data={"group_column": "title"}, clean=clean)
+    summary = _task(params).clean_data(tmp_path / "clean")
+    assert summary["split_by"] == "group (title)"
+    titles = {
+        s: set(pd.read_parquet(tmp_path / "clean" / f"{s}.parquet")["source"].str.rsplit(" ", n=1).str[-1])
+        for s in ("train", "validation", "test")
+    }
+    assert all(len(t) >= 1 for t in titles.values())
+    assert sum(len(t) for t in titles.values()) == 5  # each article in exactly one split
+    assert summary["splits"] == {s: 12 * len(titles[s]) for s in titles}
+    # the test file may lack the group column: only the split file needs it
+    test = write_jsonl(tmp_path / "test.jsonl", [{"source": "x y", "target": "z ?"}])
+    grouped = make_params(tmp_path, path, data={"group_column": "title", "test_path": str(test)}, clean=clean)
+    assert _task(grouped).clean_data(tmp_path / "clean2")["splits"]["test"] == 1
+    missing = make_params(tmp_path, path, data={"group_column": "article"}, clean=clean)
+    with pytest.raises(DataError, match=r"missing column 'article'.*data\.group_column"):
+        _task(missing).clean_data(tmp_path / "clean3")
 
 
 def test_package_import_is_torch_free() -> None:

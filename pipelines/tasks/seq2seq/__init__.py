@@ -25,6 +25,8 @@ from pydantic import Field, model_validator
 from pipelines.schema import Section, TaskOptions
 from pipelines.tasks.catalog import TaskSpec
 
+LEARNED_VOCABULARY = 1000  # output-vocabulary tokens kept on a trained model; task.output_vocabulary takes the first N
+
 
 class GenerateOptions(Section):
     """How text is generated (evaluation, the early-stopping metric, the ONNX runtime: the same settings)."""
@@ -101,6 +103,33 @@ class Options(TaskOptions):
         "leaves over (lowering a source word the output should not reuse) instead of being corrected by it only "
         "at decoding. Needs a non-zero task.generate.source_bias.",
     )
+
+    output_vocabulary: int = Field(
+        0,
+        ge=0,
+        le=LEARNED_VOCABULARY,
+        description="Generation writes only the tokens of its own source, EOS and the N tokens that training targets "
+        "use most often without finding them in their source (question and function words; learned from the "
+        "training split and stored with the model). For outputs that mostly reuse the input (question generation, "
+        "extractive summaries) on little data: the model cannot drift to words of the training topics. It changes "
+        "no weight unless output_vocabulary_in_loss; the per-epoch validation metric is generated with it. 0 = the "
+        "whole vocabulary.",
+    )
+    output_vocabulary_in_loss: bool = Field(
+        False,
+        description="Train with task.output_vocabulary too: the loss's softmax is taken over the tokens generation "
+        "may write (target tokens outside them are not trained on), so the model learns which of them to write "
+        "instead of how to keep the rest of the vocabulary down. Needs task.output_vocabulary.",
+    )
+
+    @model_validator(mode="after")
+    def _vocabulary_to_train_with(self) -> Options:
+        if self.output_vocabulary_in_loss and not self.output_vocabulary:
+            raise ValueError(
+                "task.output_vocabulary_in_loss is on but task.output_vocabulary is 0: set the vocabulary size to "
+                "train with (e.g. task.output_vocabulary: 30) or turn output_vocabulary_in_loss off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _bias_to_train_with(self) -> Options:

@@ -10,7 +10,8 @@ The model is reached through two functions, so the same loop serves ONNX Runtime
 
 Replicated from transformers 5 (generation/utils.py `_sample` / `_beam_search`, logits processors): the logits
 processors no-repeat n-grams, forced BOS (first step) and forced EOS (last step), then pipelines' own
-source-token bias (`source_bias`; torch gets it as a custom processor: model.torch_generate); greedy takes the
+source-token bias (`source_bias`) and output vocabulary (`vocabulary`: only the source's tokens, those ids and EOS;
+torch gets both as a custom processor: model.torch_generate); greedy takes the
 argmax of the processed logits, finished rows continue with the pad token; beam search keeps 2 * num_beams
 candidates per step, scores finished hypotheses by sum(log p) / generated_length ** length_penalty, and stops by
 the same heuristic (`early_stopping` False: when the best running beam can no longer beat the worst finished
@@ -49,6 +50,8 @@ class GenerationSettings:
     forced_eos_token_ids: tuple[int, ...] | None = None
     source_bias: float = 0.0
     source_bias_normalised: bool = False  # scores log-softmaxed again after the bias (trained with it in the loss)
+    # the only tokens written besides the source's own and EOS (task.output_vocabulary); None = any token
+    vocabulary: tuple[int, ...] | None = None
 
     @property
     def max_length(self) -> int:
@@ -59,6 +62,7 @@ class GenerationSettings:
         out = asdict(self)
         out["eos_token_ids"] = list(self.eos_token_ids)
         out["forced_eos_token_ids"] = list(self.forced_eos_token_ids) if self.forced_eos_token_ids else None
+        out["vocabulary"] = None if self.vocabulary is None else list(self.vocabulary)
         return out
 
     @classmethod
@@ -77,6 +81,7 @@ class GenerationSettings:
             forced_eos_token_ids=tuple(int(x) for x in forced_eos) if forced_eos else None,
             source_bias=float(data.get("source_bias", 0.0)),
             source_bias_normalised=bool(data.get("source_bias_normalised", False)),
+            vocabulary=None if data.get("vocabulary") is None else tuple(int(x) for x in data["vocabulary"]),
         )
 
     @property
@@ -126,31 +131,39 @@ def banned_ngram_tokens(sequences: np.ndarray, size: int) -> list[tuple[int, int
 
 
 def source_bias_rows(
-    source_ids: np.ndarray | None, encoder_mask: np.ndarray, vocab: int, s: GenerationSettings
+    source_ids: np.ndarray | None, encoder_mask: np.ndarray, vocab: int, s: GenerationSettings, bias: bool = True
 ) -> np.ndarray | None:
-    """[sources, vocab] float32: `s.source_bias` on every token id of each source (its real tokens; the start,
-    EOS and pad tokens excepted), 0 elsewhere; None when the bias is 0."""
-    if not s.source_bias:
+    """[sources, vocab] float32 added to each step's scores: `s.source_bias` on every token id of each source (its
+    real tokens; the start, EOS and pad tokens excepted), 0 elsewhere; with `s.vocabulary`, -inf on every token
+    that is neither in the source, nor in the vocabulary, nor EOS. None when neither rule is on. `bias=False`:
+    the vocabulary rule alone (the training loss without the bias)."""
+    amount = float(s.source_bias) if bias else 0.0
+    if not amount and s.vocabulary is None:
         return None
     if source_ids is None:
-        raise ValueError("generation with a source_bias needs the sources' token ids")
-    bias = np.zeros((source_ids.shape[0], vocab), dtype=np.float32)
+        raise ValueError("generation with a source_bias or a vocabulary needs the sources' token ids")
     rows, cols = np.nonzero(np.asarray(encoder_mask).astype(bool))
     tokens = np.asarray(source_ids)[rows, cols]
     special = [s.decoder_start_token_id, *s.eos_token_ids, *([] if s.pad_token_id is None else [s.pad_token_id])]
     keep = (tokens >= 0) & (tokens < vocab) & ~np.isin(tokens, special)
-    bias[rows[keep], tokens[keep]] = np.float32(s.source_bias)
-    return bias
+    if s.vocabulary is None:
+        out = np.zeros((source_ids.shape[0], vocab), dtype=np.float32)
+    else:
+        out = np.full((source_ids.shape[0], vocab), -np.inf, dtype=np.float32)
+        allowed = np.asarray([t for t in (*s.vocabulary, *s.eos_token_ids) if 0 <= t < vocab], dtype=np.int64)
+        out[:, allowed] = 0.0
+    out[rows[keep], tokens[keep]] = np.float32(amount)
+    return out
 
 
 def process_scores(
     sequences: np.ndarray, scores: np.ndarray, s: GenerationSettings, bias: np.ndarray | None = None
 ) -> np.ndarray:
     """The logits processors generate applies, in its order: no-repeat n-grams, forced BOS, forced EOS, then the
-    source-token bias (`source_bias`, one row per row of `scores`; pipelines' own processor, which torch's
-    `generate` gets as a custom logits processor, run after its own), log-softmaxed again when
-    `source_bias_normalised` (a model trained with the bias in its loss: beam search then sums the log-probs of
-    softmax(logits + bias), as in training; greedy picks the same token either way)."""
+    source-token rows (`source_bias_rows`: the bias and the vocabulary rule, one row per row of `scores`;
+    pipelines' own processor, which torch's `generate` gets as a custom logits processor, run after its own),
+    log-softmaxed again when `source_bias_normalised` (a model trained with them in its loss: beam search then sums
+    the log-probs of softmax(logits + rows), as in training; greedy picks the same token either way)."""
     scores = np.array(scores, dtype=np.float32, copy=True)
     cur_len = sequences.shape[1]
     vocab = scores.shape[-1]

@@ -29,6 +29,7 @@ from pipelines.errors import ModelLoadError
 from pipelines.tasks.seq2seq.generation import GenerationSettings, source_bias_rows
 
 TIED_ATTR = "nlpops_tied_encoder_decoder"  # on the saved config: the decoder shares the encoder's weights
+VOCABULARY_ATTR = "nlpops_output_vocabulary"  # on the saved config: the ids learned for task.output_vocabulary
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,37 @@ def special_tokens(model_path: Path, tokenizer: Any) -> SpecialTokens:
     return SpecialTokens(int(start), eos, int(pad), None if forced_bos is None else int(forced_bos), forced_eos)
 
 
-def settings_from(special: SpecialTokens, options: Any) -> GenerationSettings:
-    """The settings generation runs with: a model's special tokens + task.generate (`options` is the task's)."""
+def learned_vocabulary(
+    source_ids: list[list[int]], label_ids: list[list[int]], special: SpecialTokens, size: int
+) -> list[int]:
+    """The `size` token ids that most training targets use without finding them in their own source (counted once
+    per target; ties by id): what a model restricted to its source's tokens must still be able to write (question
+    words, function words). Special tokens and label padding (< 0) are never counted."""
+    from collections import Counter
+
+    skip = {special.decoder_start_token_id, *special.eos_token_ids, special.pad_token_id}
+    counts: Counter[int] = Counter()
+    for source, labels in zip(source_ids, label_ids, strict=True):
+        present = set(source)
+        counts.update(t for t in set(labels) if t >= 0 and t not in present and t not in skip)
+    return [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]]
+
+
+def model_vocabulary(model: Any, options: Any) -> tuple[int, ...] | None:
+    """The output vocabulary generation is restricted to: the ids the model learned at training (stored on its
+    config), at most task.output_vocabulary of them; None when the option is 0 or the model carries none."""
+    size = int(getattr(options, "output_vocabulary", 0) or 0)
+    learned = getattr(getattr(model, "config", None), VOCABULARY_ATTR, None)
+    if not size or learned is None:
+        return None
+    return tuple(int(t) for t in list(learned)[:size])
+
+
+def settings_from(
+    special: SpecialTokens, options: Any, vocabulary: tuple[int, ...] | None = None
+) -> GenerationSettings:
+    """The settings generation runs with: a model's special tokens + task.generate (`options` is the task's) + the
+    model's output vocabulary (`model_vocabulary`)."""
     o = options.generate
     return GenerationSettings(
         decoder_start_token_id=special.decoder_start_token_id,
@@ -109,12 +139,16 @@ def settings_from(special: SpecialTokens, options: Any) -> GenerationSettings:
         forced_bos_token_id=special.forced_bos_token_id,
         forced_eos_token_ids=special.forced_eos_token_ids,
         source_bias=float(o.source_bias),
-        source_bias_normalised=bool(options.source_bias_in_loss),
+        # the loss's softmax is over logits + the rows generation adds: beam search scores with the same
+        source_bias_normalised=bool(
+            options.source_bias_in_loss or (vocabulary is not None and options.output_vocabulary_in_loss)
+        ),
+        vocabulary=vocabulary,
     )
 
 
 def generation_settings(model: Any, options: Any) -> GenerationSettings:
-    """`settings_from` with the special tokens of the model's generation config."""
+    """`settings_from` with the special tokens of the model's generation config and its output vocabulary."""
     g = model.generation_config
     special = SpecialTokens(
         decoder_start_token_id=int(g.decoder_start_token_id),
@@ -123,7 +157,7 @@ def generation_settings(model: Any, options: Any) -> GenerationSettings:
         forced_bos_token_id=None if g.forced_bos_token_id is None else int(g.forced_bos_token_id),
         forced_eos_token_ids=_ids(g.forced_eos_token_id) or None,
     )
-    return settings_from(special, options)
+    return settings_from(special, options, model_vocabulary(model, options))
 
 
 def torch_generation_config(settings: GenerationSettings) -> Any:
@@ -149,18 +183,22 @@ def torch_generation_config(settings: GenerationSettings) -> Any:
     return GenerationConfig(**values)
 
 
-def source_bias_tensor(input_ids: Any, attention_mask: Any, vocab: int, settings: GenerationSettings) -> Any:
-    """`source_bias_rows` for torch tensors: [rows, vocab] on the ids' device; None when the bias is 0."""
+def source_bias_tensor(
+    input_ids: Any, attention_mask: Any, vocab: int, settings: GenerationSettings, bias: bool = True
+) -> Any:
+    """`source_bias_rows` for torch tensors: [rows, vocab] on the ids' device; None when neither the bias nor the
+    vocabulary rule is on."""
     import numpy as np
     import torch
 
-    rows = source_bias_rows(np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), vocab, settings)
+    rows = source_bias_rows(np.asarray(input_ids.cpu()), np.asarray(attention_mask.cpu()), vocab, settings, bias)
     return None if rows is None else torch.from_numpy(rows).to(input_ids.device)
 
 
 def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: GenerationSettings) -> Any:
-    """torch's `generate` with exactly `settings`: its GenerationConfig, plus the source-token bias as a custom
-    logits processor (run after generate's own, as the numpy loop applies it). Returns the sequences tensor."""
+    """torch's `generate` with exactly `settings`: its GenerationConfig, plus the source-token bias and the output
+    vocabulary as a custom logits processor (run after generate's own, as the numpy loop applies them). Returns the
+    sequences tensor."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -171,12 +209,13 @@ def torch_generate(model: Any, input_ids: Any, attention_mask: Any, settings: Ge
         def __call__(self, sequences: Any, scores: Any) -> Any:
             if self.bias is None:  # the vocabulary size is the scores' (the output layer's), known at the first step
                 rows = source_bias_tensor(input_ids, attention_mask, int(scores.shape[-1]), settings)
-                assert rows is not None  # the processor is only made for a non-zero bias
+                assert rows is not None  # the processor is only made for a bias or a vocabulary
                 self.bias = rows.repeat_interleave(scores.shape[0] // rows.shape[0], dim=0)
             scores = scores + self.bias.to(scores.device, scores.dtype)
             return torch.log_softmax(scores, dim=-1) if settings.source_bias_normalised else scores
 
-    processors = LogitsProcessorList([SourceTokenBias()] if settings.source_bias else [])
+    on = bool(settings.source_bias) or settings.vocabulary is not None
+    processors = LogitsProcessorList([SourceTokenBias()] if on else [])
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -212,6 +212,17 @@ class Seq2Seq(Task):
         set_generation(model, self.settings_for(special))
         return model
 
+    def learn_from_training_split(self, model: Any, rows: dict[str, list]) -> None:
+        """task.output_vocabulary: the target tokens most often not found in their source, kept on the model's
+        config in that order (saved with it; generation, the export and serving.json take the first
+        task.output_vocabulary of them)."""
+        from pipelines.tasks.seq2seq import LEARNED_VOCABULARY
+        from pipelines.tasks.seq2seq.model import VOCABULARY_ATTR, learned_vocabulary
+
+        if self.options.output_vocabulary:
+            learned = learned_vocabulary(rows["input_ids"], rows["labels"], self.special_tokens(), LEARNED_VOCABULARY)
+            setattr(model.config, VOCABULARY_ATTR, learned)
+
     def load_trained(self, model_dir: Path) -> Any:
         from pipelines.tasks.seq2seq.model import generation_settings, load_seq2seq, set_generation
 
@@ -234,28 +245,54 @@ class Seq2Seq(Task):
 
     def training_loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher-forced cross-entropy over the target tokens, with task.label_smoothing (and the source-token
-        bias on the logits when task.source_bias_in_loss)."""
-        return self._loss(model, batch, self.options.label_smoothing, "mean")
+        bias on the logits when task.source_bias_in_loss; over the output vocabulary when
+        task.output_vocabulary_in_loss)."""
+        total, count = self._loss(model, batch, self.options.label_smoothing)
+        return total / max(count, 1)
 
-    def _loss(self, model: Any, batch: dict[str, Any], smoothing: float, reduction: str) -> Any:
+    def _loss(self, model: Any, batch: dict[str, Any], smoothing: float) -> tuple[Any, int]:
+        """(summed loss, target tokens it covers). With task.output_vocabulary_in_loss the softmax is taken over the
+        tokens generation may write (the source's, the output vocabulary, EOS) and label smoothing spreads over them
+        alone; target tokens outside them, which generation can never write, are not trained on."""
         import torch
+
+        from pipelines.tasks.seq2seq.model import generation_settings, model_vocabulary, source_bias_tensor
 
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
-        if self.options.source_bias_in_loss:  # the bias generation adds at every step, on every target position
-            from pipelines.tasks.seq2seq.model import generation_settings, source_bias_tensor
-
-            settings = generation_settings(getattr(model, "module", model), self.options)  # DDP wraps the model
-            bias = source_bias_tensor(batch["input_ids"], batch["attention_mask"], int(logits.shape[-1]), settings)
-            assert bias is not None  # Options refuses source_bias_in_loss without a bias
-            logits = logits + bias.to(logits.dtype).unsqueeze(1)
-        return torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            batch["labels"].reshape(-1),
-            ignore_index=IGNORE,
-            label_smoothing=smoothing,
-            reduction=reduction,
-        )
+        labels = batch["labels"]
+        inner = getattr(model, "module", model)  # DDP wraps the model
+        restricted = self.options.output_vocabulary_in_loss and model_vocabulary(inner, self.options) is not None
+        if self.options.source_bias_in_loss or restricted:  # the rows generation adds at every step, every position
+            settings = generation_settings(inner, self.options)
+            rows = source_bias_tensor(
+                batch["input_ids"],
+                batch["attention_mask"],
+                int(logits.shape[-1]),
+                settings,
+                self.options.source_bias_in_loss,
+            )
+            assert rows is not None  # Options refuses source_bias_in_loss without a bias
+            logits = logits + rows.to(logits.dtype).unsqueeze(1)
+        if not restricted:
+            flat = labels.reshape(-1)
+            total = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                flat,
+                ignore_index=IGNORE,
+                label_smoothing=smoothing,
+                reduction="sum",
+            )
+            return total, int((flat != IGNORE).sum())
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        trained = (labels != IGNORE) & torch.isfinite(picked)
+        per_token = -picked.masked_fill(~trained, 0.0)
+        if smoothing:
+            allowed = torch.isfinite(logp)
+            spread = -logp.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1).clamp(min=1)
+            per_token = (1.0 - smoothing) * per_token + smoothing * spread.masked_fill(~trained, 0.0)
+        return per_token.sum(), int(trained.sum())
 
     # ------------------------------------------------------------------ predictions and metrics
 
@@ -283,9 +320,9 @@ class Seq2Seq(Task):
         with torch.inference_mode():
             if "labels" in rows:
                 for idx in sequential_batches(rows["length"], batch_size):
-                    batch = self.collate(take(idx), pad_token_id)
-                    loss_sum += float(self._loss(model, batch, 0.0, "sum"))
-                    tokens += int((batch["labels"] != IGNORE).sum())
+                    total, count = self._loss(model, self.collate(take(idx), pad_token_id), 0.0)
+                    loss_sum += float(total)
+                    tokens += count
             chosen = [i for i, flag in enumerate(rows.get("generate") or [1] * len(rows["input_ids"])) if flag]
             lengths = [rows["length"][i] for i in chosen]
             for order in sequential_batches(lengths, batch_size):

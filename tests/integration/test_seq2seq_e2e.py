@@ -80,6 +80,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "max_target_length": 8,
         "validation_generate_rows": 40,
         "generate": {"num_beams": 2, "max_new_tokens": 8, "no_repeat_ngram_size": 0},
+        # learned at training (every letter is some target's letter its source lacks), kept with the model, applied
+        # by torch and the ONNX runtime alike: the flow carries it from train to serving.json
+        "output_vocabulary": 8,
+        "output_vocabulary_in_loss": True,
     }
     params["validate"].update(min_rows=50)
     params["clean"].update(validation_size=0.15, test_size=0.15)
@@ -128,6 +132,8 @@ def test_pairs_file_becomes_a_registered_onnx_champion_that_beats_copying(projec
     assert (export / "decoder.onnx").is_file()
     serving = json.loads((export / "serving.json").read_text())
     assert serving["task"] == "seq2seq" and serving["decoder_input_names"][0] == "decoder_input_ids"
+    vocabulary = serving["generation"]["vocabulary"]
+    assert sorted(vocabulary) == list(range(5, 13)) and serving["generation"]["source_bias_normalised"]  # the letters
     champion = _client(project).get_model_version_by_alias(MODEL_NAME, "champion")
     assert champion.tags["task.type"] == "seq2seq"
     assert float(champion.tags["metric.bleu"]) == pytest.approx(metrics["bleu"])

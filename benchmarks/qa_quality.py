@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="Work folder (default: a temporary one, kept).")
     ap.add_argument("--experiment", default="squad", help="Experiment overlay to run (experiments/<name>.yaml).")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Extra --set for nlpops run.")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="Where the JSON report goes.")
     args = ap.parse_args()
 
     from pipelines.tasks.question_answering.metrics import squad_v2_scores
@@ -110,10 +111,10 @@ def main() -> None:
         "overrides": args.overrides,
         "work_folder": str(out),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps({k: report[k] for k in ("model", "always_no_answer", "train_seconds", "threshold")}, indent=2))
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

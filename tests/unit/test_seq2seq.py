@@ -715,6 +715,25 @@ def test_clean_splits_by_the_group_column_and_names_it_when_missing(tmp_path: Pa
         _task(missing).clean_data(tmp_path / "clean3")
 
 
+def test_group_split_does_not_overshoot_a_share_with_a_large_group() -> None:
+    from pipelines.tasks.seq2seq.clean import split_by_source
+
+    # 1,000 rows; validation's share 100: a 90-row group, then a 300-row one would make it 390 (skipped)
+    sizes = {"a": 90, "b": 300, "c": 12, "d": 250, "e": 348}
+    keys = pd.Series([name for name, n in sizes.items() for _ in range(n)])
+    for seed in range(20):
+        splits = split_by_source(keys, {"validation": 0.1}, seed, "train.jsonl", unit="group")
+        assert 0 < len(splits["validation"]) <= 200, seed  # never two large groups where one small one does
+        assert len(splits["validation"]) + len(splits["train"]) == 1000
+
+    # with an order that starts at the 90-row group, the 300 is skipped and the 12 fills it
+    def chosen(seed: int) -> set[str]:
+        return set(keys.iloc[split_by_source(keys, {"validation": 0.1}, seed, "f")["validation"]])
+
+    assert all(not chosen(seed) & {"b", "d", "e"} for seed in range(50))  # 250-348 rows: never, 90 + 12 fit
+    assert {frozenset(chosen(seed)) for seed in range(50)} <= {frozenset("a"), frozenset("c"), frozenset("ac")}
+
+
 def test_package_import_is_torch_free() -> None:
     code = (
         "import sys; import pipelines.tasks.seq2seq, pipelines.tasks.seq2seq.runtime, "

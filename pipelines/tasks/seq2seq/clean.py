@@ -50,7 +50,9 @@ def split_by_source(
     keys: pd.Series, fractions: dict[str, float], seed: int, path: str, unit: str = "source"
 ) -> dict[str, np.ndarray]:
     """Row positions per split: whole groups of one key (a source, or a data.group_column value) only,
-    validation/test filled to about their share of the rows in a seeded random group order; train gets the rest."""
+    validation/test filled to about their share of the rows in a seeded random group order (a group that would
+    take a split further from its share than it is is left for later splits or train; each split gets at least
+    one, the smallest where all are too large); train gets the rest."""
     names = sorted(keys.unique().tolist())
     if len(names) < len(fractions) + 1:
         raise DataError(
@@ -60,15 +62,22 @@ def split_by_source(
     sizes = keys.value_counts().to_dict()
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     assigned: dict[str, str] = {}
-    position = 0
     for k, (split, fraction) in enumerate(fractions.items()):
         target, taken = max(1, math.floor(len(keys) * fraction + 0.5)), 0
         reserve = len(fractions) - k  # groups kept back: one for each later split, one for train
-        while taken < target and len(order) - position > reserve:
-            assigned[order[position]] = split
-            taken += sizes[order[position]]
-            position += 1
-    for name in order[position:]:
+        for name in list(order):
+            if taken >= target or len(order) <= reserve:
+                break
+            if abs(taken + sizes[name] - target) >= abs(target - taken):
+                continue  # overshoots by more than it fills
+            assigned[name] = split
+            taken += sizes[name]
+            order.remove(name)
+        if not taken and len(order) > reserve:  # every group is larger than twice the share: the smallest
+            name = min(order, key=lambda n: sizes[n])
+            assigned[name] = split
+            order.remove(name)
+    for name in order:
         assigned[name] = "train"
     labels = keys.map(assigned).to_numpy()
     return {s: np.flatnonzero(labels == s) for s in ("train", *fractions)}

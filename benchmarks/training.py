@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The pipeline's thread choice (train.num_threads empty: the idle usable cores), made once here and given to
     # both recipes and the GEMM bursts alike.
     args.threads = threads = configure_threads(args.threads)
-    ours_cfg = pipeline_config(args)
+    ours_cfg = pipeline_config(args).model_copy(update={"sparse_embedding_updates": args.sparse_embeddings})
     ours_model = ModelConfig(freeze_embeddings=args.freeze_embeddings)
     glue_cfg = baseline_config(args)
     started = time.time()
@@ -329,6 +329,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "attention dropout 0 (flash SDPA)": {"attention": "no-dropout"},
     "no first-token fast path": {"train": {"skip_unread_positions": False}},
     "frozen embeddings": {"model": {"freeze_embeddings": True}},
+    "sparse embedding rows (lazy AdamW)": {"train": {"sparse_embedding_updates": True}},
     "torch.compile": {"compile": True},
 }
 
@@ -540,6 +541,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--freeze-embeddings",
         action="store_true",
         help="the pipeline row with model.freeze_embeddings (no gradients or optimiser state for the embeddings)",
+    )
+    parser.add_argument(
+        "--sparse-embeddings",
+        action="store_true",
+        help="the pipeline row with train.sparse_embedding_updates (AdamW on the embedding rows a batch used only)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (with --model a tiny BERT: seconds)")
     parser.add_argument("--levers", default=None, help="'all' or comma-separated LEVERS names: per-lever table")

@@ -192,6 +192,15 @@ class TrainConfig(Section):
         "models: the top layer computes only the first position, the one the head reads): the same loss and "
         "gradients, ~14% less work for a 6-layer encoder. Evaluation and export always run the full model.",
     )
+    sparse_embedding_updates: bool = Field(
+        False,
+        description="Update only the word-embedding rows a batch uses (their AdamW moments, step and weight decay "
+        "too: 'lazy' Adam, as TensorFlow's LazyAdam and torch's SparseAdam): the embedding's gradient is sparse, "
+        "so backward, clipping and AdamW skip the ~30k rows a batch never reads (half of MiniLM's weights). "
+        "Faster per step, but a row seen once moves less than under AdamW's momentum, so words learn more "
+        "slowly (benchmarks/README.md: Training). Applies where the input embedding is not tied to another "
+        "weight and training runs in one process.",
+    )
     num_threads: int | None = Field(
         None,
         ge=1,

@@ -204,14 +204,140 @@ _FUSED: bool | None = None
 
 
 def build_optimizer(model: Any, train_cfg: TrainConfig) -> Any:
-    """AdamW over `parameter_groups` (fused kernels where this torch supports them on the model's device)."""
-    import torch
+    """AdamW over `parameter_groups` (fused kernels where this torch supports them on the model's device).
 
+    With `train.sparse_embedding_updates` (and `sparse_embeddings_apply`), the input embedding computes sparse
+    gradients and the optimiser updates only the rows each batch used (`RowSparseAdamW`)."""
     groups = parameter_groups(model, train_cfg)
     if not groups:
         raise ModelLoadError("model.freeze_*: every parameter is frozen; there is nothing to train")
     kwargs: dict[str, Any] = {"fused": True} if _fused_ok() else {}
-    return torch.optim.AdamW(groups, lr=train_cfg.learning_rate, **kwargs)
+    if train_cfg.sparse_embedding_updates:
+        enable_sparse_embeddings(model)
+    return row_sparse_adamw_class()(groups, lr=train_cfg.learning_rate, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- sparse rows
+
+
+def sparse_embeddings_apply(model: Any) -> str | None:
+    """Why the input embedding cannot take sparse gradients here, or None when it can: it must be a plain
+    `nn.Embedding` that trains, whose weight no other module shares (tied to an LM head, or encoder and decoder
+    tied, its gradient is dense anyway), in a single-process run (DDP would all-reduce a dense copy)."""
+    import torch
+
+    from pipelines import distributed
+
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if type(embedding) is not torch.nn.Embedding:
+        return "the input embedding is not a plain torch.nn.Embedding"
+    if not embedding.weight.requires_grad:
+        return "the input embedding is frozen"
+    if embedding.max_norm is not None or embedding.scale_grad_by_freq:
+        return "the input embedding renormalises or scales its gradient"
+    uses = sum(p is embedding.weight for _, p in model.named_parameters(remove_duplicate=False))
+    if uses != 1:
+        return "the input embedding's weight is tied to another weight"
+    if distributed.world_size() > 1:
+        return "distributed training all-reduces dense gradients"
+    return None
+
+
+def enable_sparse_embeddings(model: Any) -> bool:
+    """Make the input embedding compute sparse (row) gradients where `sparse_embeddings_apply` allows."""
+    reason = sparse_embeddings_apply(model)
+    if reason is not None:
+        log.info("train.sparse_embedding_updates: dense embedding updates (%s)", reason)
+        return False
+    model.get_input_embeddings().sparse = True
+    return True
+
+
+def row_sparse_adamw_class() -> type:
+    """`RowSparseAdamW` (built on first use, so importing this module does not import torch)."""
+    global _ROW_SPARSE
+    if _ROW_SPARSE is None:
+        import torch
+
+        class RowSparseAdamW(torch.optim.AdamW):  # type: ignore[misc, name-defined]
+            """AdamW (fused where asked) for dense gradients; a parameter whose gradient is sparse (an
+            embedding's rows) gets the same AdamW update on those rows only, its moments kept per row and its
+            bias correction counted in its own steps ("lazy" Adam). Rows a batch did not use keep their weights
+            and moments. With every row in every batch it is AdamW exactly (tested)."""
+
+            def step(self, closure: Any = None) -> Any:
+                sparse = [
+                    (group, p, p.grad)
+                    for group in self.param_groups
+                    for p in group["params"]
+                    if p.grad is not None and p.grad.is_sparse
+                ]
+                for _, p, _ in sparse:
+                    p.grad = None  # AdamW's own step skips them
+                try:
+                    loss = super().step(closure)
+                finally:
+                    for _, p, grad in sparse:
+                        p.grad = grad
+                with torch.no_grad():
+                    for group, p, grad in sparse:
+                        self._sparse_rows_step(group, p, grad)
+                return loss
+
+            def _sparse_rows_step(self, group: dict[str, Any], p: Any, grad: Any) -> None:
+                if group.get("amsgrad") or group.get("maximize"):
+                    raise ValueError("sparse embedding updates support neither amsgrad nor maximize")
+                grad = grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = float(state["step"])
+                beta1, beta2 = group["betas"]
+                lr, eps, decay = float(group["lr"]), group["eps"], group["weight_decay"]
+                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
+                exp_avg_sq.addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                weights = p.index_select(0, rows)
+                if decay:
+                    weights.mul_(1 - lr * decay)
+                denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                weights.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+                p.index_copy_(0, rows, weights)
+
+        _ROW_SPARSE = RowSparseAdamW
+    return _ROW_SPARSE
+
+
+_ROW_SPARSE: type | None = None
+
+
+def clip_gradients(parameters: Any, max_norm: float) -> float:
+    """`torch.nn.utils.clip_grad_norm_` that also takes sparse gradients (coalesced in place, their values
+    counted once per row): the same total norm and scaling as for the dense equivalents."""
+    import torch
+
+    grads = [p for p in parameters if p.grad is not None]
+    sparse = [p for p in grads if p.grad.is_sparse]
+    if not sparse:
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    dense = [p.grad for p in grads if not p.grad.is_sparse]
+    squares = [torch.nn.utils.get_total_norm(dense) ** 2] if dense else []
+    for p in sparse:
+        p.grad = p.grad.coalesce()
+        squares.append(torch.linalg.vector_norm(p.grad.values()) ** 2)
+    total = torch.stack(squares).sum().sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if dense:
+        torch._foreach_mul_(dense, coef)
+    for p in sparse:
+        p.grad.values().mul_(coef)
+    return float(total)
 
 
 def describe_groups(optimizer: Any) -> dict[str, float]:

@@ -324,7 +324,6 @@ def train_model(
     it ends with the same weights and metrics as a run that was never interrupted. The folder is emptied on
     success.
     """
-    import torch
     from transformers import get_linear_schedule_with_warmup
 
     from pipelines.cpu import IdleSample, configure_threads
@@ -457,7 +456,7 @@ def train_model(
             loop_tokens += sum(train_rows["length"][i] for i in idx) if rows_here else 0
             loss = task.training_loss(forward, batch)
             (loss * weight if weight != 1.0 else loss).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+            finetuning.clip_gradients(model.parameters(), train_cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -175,6 +175,71 @@ def test_fused_adamw_matches_the_default_implementation(model: Any) -> None:
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+# ------------------------------------------------------------------------------------------- sparse embedding rows
+
+
+def _step(model: Any, optimizer: Any, ids: Any, labels: Any, clip: float | None = None) -> None:
+    model(input_ids=ids, labels=labels).loss.backward()
+    if clip is not None:
+        finetuning.clip_gradients(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def test_sparse_embedding_updates_match_clipped_adamw_and_leave_unused_rows_alone() -> None:
+    """With every row in every batch the row-sparse update is AdamW exactly (clipping included)."""
+    from transformers import BertForSequenceClassification
+
+    cfg = _tiny_config()
+    cfg.vocab_size, cfg.pad_token_id = 12, 11
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    model.bert.embeddings.word_embeddings.padding_idx = None
+    other = copy.deepcopy(model)
+    train_cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.1, sparse_embedding_updates=True)
+    sparse = finetuning.build_optimizer(model, train_cfg)
+    assert model.get_input_embeddings().sparse
+    dense = torch.optim.AdamW(finetuning.parameter_groups(other, train_cfg), lr=1e-2)
+    everything = torch.arange(12).repeat(2, 1)
+    labels = torch.tensor([0, 2])
+    for _ in range(3):
+        for m, opt in ((model, sparse), (other, dense)):
+            m(input_ids=everything, labels=labels).loss.backward()
+            if m is model:
+                total = finetuning.clip_gradients(m.parameters(), 0.05)
+            else:
+                expected = float(torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        assert total == pytest.approx(expected, rel=1e-5)  # same norm, so clipping bites the same
+    for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # a batch that uses rows 0-3 only: the other rows keep their weights and their moments
+    table = model.get_input_embeddings().weight
+    weights, moments = table.detach().clone(), sparse.state[table]["exp_avg"].clone()
+    _step(model, sparse, torch.tensor([[0, 1, 2, 3]]), torch.tensor([1]))
+    assert torch.equal(table[4:], weights[4:]) and torch.equal(sparse.state[table]["exp_avg"][4:], moments[4:])
+    assert not torch.equal(table[:4], weights[:4])
+    assert float(sparse.state[table]["step"]) == 4.0
+    # a checkpoint round-trip keeps the row state
+    fresh = finetuning.build_optimizer(copy.deepcopy(model), train_cfg)
+    fresh.load_state_dict(sparse.state_dict())
+    assert float(next(s["step"] for s in fresh.state.values() if s["exp_avg"].shape[0] == 12)) == 4.0
+
+
+def test_sparse_embedding_updates_stay_dense_where_they_cannot_apply(model: Any, tiny_model_dir: Path) -> None:
+    finetuning.build_optimizer(model, TrainConfig())  # off by default
+    assert not model.get_input_embeddings().sparse
+    apply_freezing(model, ModelConfig(freeze_embeddings=True))
+    assert finetuning.sparse_embeddings_apply(model) == "the input embedding is frozen"
+    from transformers import BertConfig, BertForMaskedLM
+
+    tied = BertForMaskedLM(BertConfig(**{**_tiny_config().to_dict(), "tie_word_embeddings": True}))
+    assert finetuning.sparse_embeddings_apply(tied) == "the input embedding's weight is tied to another weight"
+    finetuning.build_optimizer(tied, TrainConfig(sparse_embedding_updates=True))
+    assert not tied.get_input_embeddings().sparse
+
+
 # ------------------------------------------------------------------------------------------- gradual unfreezing
 
 
@@ -332,8 +397,9 @@ BASE = {"epochs": 5, "learning_rate": 5e-3, "batch_size": 8, "warmup_ratio": 0.0
         ({"gradual_unfreezing": True}, {}),
         ({"learning_rate": 2e-3}, {"reinit_top_layers": 1}),
         ({"recipe": "auto"}, {}),  # 140 rows: little_data, with the learning rate and epochs set here
+        ({"sparse_embedding_updates": True}, {}),
     ],
-    ids=["llrd+head_lr", "gradual_unfreezing", "reinit", "recipe_auto"],
+    ids=["llrd+head_lr", "gradual_unfreezing", "reinit", "recipe_auto", "sparse_embedding_rows"],
 )
 def test_training_with_each_strategy_still_learns(
     tokenised: Path, tiny_model_dir: Path, tmp_path: Path, train_kw: dict, model_kw: dict

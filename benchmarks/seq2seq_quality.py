@@ -175,10 +175,11 @@ def main() -> None:
         model = task.load_trained(args.load_model)
         args.epochs = 0
         if task.options.output_vocabulary and getattr(model.config, VOCABULARY_ATTR, None) is None:
-            task.learn_from_training_split(model, rows["train"])  # a model saved without one: learn it now
+            # a model saved without one: learn it now
+            task.learn_from_training_split(model, rows["train"], work / "clean" / "train.parquet")
     else:
         model = task.build_model(bundled_model_path(), {}, params.model)
-        task.learn_from_training_split(model, rows["train"])
+        task.learn_from_training_split(model, rows["train"], work / "clean" / "train.parquet")
     train_cfg = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, warmup_ratio=args.warmup)
     optimizer = finetuning.build_optimizer(model, train_cfg)
     steps_per_epoch = (len(rows["train"]["input_ids"]) + args.batch_size - 1) // args.batch_size

@@ -348,7 +348,8 @@ def train_model(
     val_frame.attrs["split"] = "validation"  # as tokenise marks its splits: a task may score validation apart
 
     model = task.build_model(model_path, id2label, model_cfg)
-    task.learn_from_training_split(model, train_rows)
+    clean_train = Path(tokenised_dir).parent / "clean" / "train.parquet"  # the rows example_id points at
+    task.learn_from_training_split(model, train_rows, clean_train if clean_train.exists() else None)
     threads = configure_threads(train_cfg.num_threads, idle_sample)
     freezing = apply_freezing(model, model_cfg)
     fast_path = task.training_fast_path(model) if train_cfg.skip_unread_positions else None

@@ -124,9 +124,10 @@ class Task(ABC):
 
         return load_pretrained_model(model_path, self, id2label, model_cfg)
 
-    def learn_from_training_split(self, model: Any, rows: dict[str, list]) -> None:
-        """Settings the model learns from the tokenised training split before training and keeps on its config
-        (seq2seq: the output vocabulary); none by default."""
+    def learn_from_training_split(self, model: Any, rows: dict[str, list], clean_path: Path | None = None) -> None:
+        """Settings the model learns from the tokenised training split (and the clean split it came from, where
+        given: a parquet file whose rows `example_id` indexes) before training and keeps on its config (seq2seq:
+        the output vocabulary); none by default."""
         return None
 
     def load_trained(self, model_dir: Path) -> Any:

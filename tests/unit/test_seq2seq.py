@@ -638,6 +638,12 @@ def test_output_vocabulary_is_learned_from_training_targets_kept_with_the_model_
     # '?' in 3 targets, 'what' and 'is' in 2 (once per target), 'the' counts only where its source lacks it: 1
     assert learned_vocabulary(sources, labels, special, 3) == [ids("?"), *sorted(ids(["what", "is"]))]
     assert learned_vocabulary(sources, labels, special, 10)[-1] == ids("the")  # 'mat' is in its own source
+    # with groups (articles): a word one group's targets keep adding ranks below one that two groups add
+    topical = [[2, 3]] * 4
+    topic_labels = [[*ids(["dog"]), 3], [*ids(["dog"]), 3], [*ids(["dog", "what"]), 3], [*ids(["what"]), 3]]
+    assert learned_vocabulary(topical, topic_labels, special, 2)[0] == ids("dog")  # 3 targets against 2
+    assert learned_vocabulary(topical, topic_labels, special, 2, ["a", "a", "a", "b"]) == ids(["what", "dog"])
+    assert learned_vocabulary(topical, topic_labels, special, 2, ["a", "a", "b", "b"])[0] == ids("dog")  # both wide
 
     options = base.options.model_copy(
         update={"output_vocabulary": 2, "output_vocabulary_in_loss": True, "label_smoothing": 0.1}
@@ -654,6 +660,12 @@ def test_output_vocabulary_is_learned_from_training_targets_kept_with_the_model_
     task.learn_from_training_split(fresh, rows)
     learned = getattr(fresh.config, VOCABULARY_ATTR)  # every such token, most frequent first
     assert learned == [ids("what"), *sorted(ids(["is", "?", "z"]))]  # 'what' twice, then ties by id
+    # the clean split's data.group_column values (the flow passes its clean train.parquet): indexed by example_id
+    frame.assign(group=["b", "a", "a", "a"]).to_parquet(tmp_path / "clean.parquet")
+    task.learn_from_training_split(fresh, rows, tmp_path / "clean.parquet")
+    groups = [["b", "a", "a", "a"][i] for i in rows["example_id"]]
+    expected = learned_vocabulary(rows["input_ids"], rows["labels"], task.special_tokens(), 1000, groups)
+    assert getattr(fresh.config, VOCABULARY_ATTR) == expected
     fresh.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     loaded = task.load_trained(tmp_path / "m")

@@ -92,7 +92,8 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*(out_dir / f"{s}.parquet" for s in SPLITS), out_dir / "label_map.json"]:
         stale.unlink(missing_ok=True)  # a failed clean must not leave the previous run's splits behind
-    columns = ["source", "target", *(["slice"] if data.slice_column else []), "row"]
+    groups = ["group"] if data.group_column else []  # kept: the output vocabulary counts words per group
+    columns = ["source", "target", *(["slice"] if data.slice_column else []), *groups, "row"]
     frames: dict[str, pd.DataFrame] = {}
     inputs: list[dict[str, Any]] = []
     quarantined: list[pd.DataFrame] = []
@@ -110,6 +111,8 @@ def clean_data(params: Any, out_dir: Path) -> dict[str, Any]:
         )
         if "group" in raw.columns:
             frame["group"] = raw["group"].fillna("").astype("str").str.strip().to_numpy()
+        elif groups:  # a validation/test file without the column
+            frame["group"] = ""
         if "slice" in raw.columns:
             frame["slice"] = raw["slice"].astype("str").str.strip().fillna("").replace("", "(missing)").to_numpy()
         reason = np.full(len(frame), None, dtype=object)

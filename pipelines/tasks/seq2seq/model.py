@@ -96,19 +96,43 @@ def special_tokens(model_path: Path, tokenizer: Any) -> SpecialTokens:
 
 
 def learned_vocabulary(
-    source_ids: list[list[int]], label_ids: list[list[int]], special: SpecialTokens, size: int
+    source_ids: list[list[int]],
+    label_ids: list[list[int]],
+    special: SpecialTokens,
+    size: int,
+    groups: list[str] | None = None,
 ) -> list[int]:
     """The `size` token ids that most training targets use without finding them in their own source (counted once
     per target; ties by id): what a model restricted to its source's tokens must still be able to write (question
-    words, function words). Special tokens and label padding (< 0) are never counted."""
+    words, function words). Special tokens and label padding (< 0) are never counted.
+
+    With `groups` (a data.group_column value per row: articles, say), the tokens that the targets of at least
+    half the groups add come first (by count), then the rest by how many groups add them: a topic's name that one
+    article's questions keep adding ("Huguenots") ranks below the words every article's questions add ("what",
+    "?", "the")."""
     from collections import Counter
 
     skip = {special.decoder_start_token_id, *special.eos_token_ids, special.pad_token_id}
     counts: Counter[int] = Counter()
-    for source, labels in zip(source_ids, label_ids, strict=True):
+    seen_in: dict[int, set[str]] = {}
+    for i, (source, labels) in enumerate(zip(source_ids, label_ids, strict=True)):
         present = set(source)
-        counts.update(t for t in set(labels) if t >= 0 and t not in present and t not in skip)
-    return [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]]
+        added = [t for t in set(labels) if t >= 0 and t not in present and t not in skip]
+        counts.update(added)
+        if groups is not None:
+            for t in added:
+                seen_in.setdefault(t, set()).add(groups[i])
+    if groups is None:
+        return [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]]
+    spread = {t: len(g) for t, g in seen_in.items()}
+    general = max(2, -(-len(set(groups)) // 2))  # in at least half the groups (and two)
+
+    def rank(item: tuple[int, int]) -> tuple[int, int, int, int]:
+        token, count = item
+        wide = spread[token] >= general
+        return (0 if wide else 1, 0 if wide else -spread[token], -count, token)
+
+    return [t for t, _ in sorted(counts.items(), key=rank)[:size]]
 
 
 def model_vocabulary(model: Any, options: Any) -> tuple[int, ...] | None:

@@ -212,15 +212,25 @@ class Seq2Seq(Task):
         set_generation(model, self.settings_for(special))
         return model
 
-    def learn_from_training_split(self, model: Any, rows: dict[str, list]) -> None:
+    def learn_from_training_split(self, model: Any, rows: dict[str, list], clean_path: Path | None = None) -> None:
         """task.output_vocabulary: the target tokens most often not found in their source, kept on the model's
         config in that order (saved with it; generation, the export and serving.json take the first
-        task.output_vocabulary of them)."""
+        task.output_vocabulary of them). Where the clean split has data.group_column's values, tokens added in
+        more groups rank first (`learned_vocabulary`)."""
         from pipelines.tasks.seq2seq import LEARNED_VOCABULARY
         from pipelines.tasks.seq2seq.model import VOCABULARY_ATTR, learned_vocabulary
 
         if self.options.output_vocabulary:
-            learned = learned_vocabulary(rows["input_ids"], rows["labels"], self.special_tokens(), LEARNED_VOCABULARY)
+            groups = None
+            if clean_path is not None:
+                import pyarrow.parquet as pq
+
+                if "group" in pq.read_schema(clean_path).names:
+                    values = pq.read_table(clean_path, columns=["group"]).column("group").to_pylist()
+                    if len(set(values)) > 1:
+                        groups = [str(values[int(i)]) for i in rows["example_id"]]
+            special = self.special_tokens()
+            learned = learned_vocabulary(rows["input_ids"], rows["labels"], special, LEARNED_VOCABULARY, groups)
             setattr(model.config, VOCABULARY_ATTR, learned)
 
     def load_trained(self, model_dir: Path) -> Any:

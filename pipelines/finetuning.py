@@ -212,9 +212,11 @@ def build_optimizer(model: Any, train_cfg: TrainConfig) -> Any:
     if not groups:
         raise ModelLoadError("model.freeze_*: every parameter is frozen; there is nothing to train")
     kwargs: dict[str, Any] = {"fused": True} if _fused_ok() else {}
-    if train_cfg.sparse_embedding_updates:
-        enable_sparse_embeddings(model)
-    return row_sparse_adamw_class()(groups, lr=train_cfg.learning_rate, **kwargs)
+    if train_cfg.sparse_embedding_updates and enable_sparse_embeddings(model):
+        return row_sparse_adamw_class()(groups, lr=train_cfg.learning_rate, **kwargs)
+    import torch
+
+    return torch.optim.AdamW(groups, lr=train_cfg.learning_rate, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- sparse rows
@@ -326,15 +328,14 @@ def clip_gradients(parameters: Any, max_norm: float) -> float:
     sparse = [p for p in grads if p.grad.is_sparse]
     if not sparse:
         return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-    dense = [p.grad for p in grads if not p.grad.is_sparse]
-    squares = [torch.nn.utils.get_total_norm(dense) ** 2] if dense else []
+    dense = [p for p in grads if not p.grad.is_sparse]
+    squares = [torch.nn.utils.get_total_norm([p.grad for p in dense]) ** 2] if dense else []
     for p in sparse:
         p.grad = p.grad.coalesce()
         squares.append(torch.linalg.vector_norm(p.grad.values()) ** 2)
     total = torch.stack(squares).sum().sqrt()
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    if dense:
-        torch._foreach_mul_(dense, coef)
+    torch.nn.utils.clip_grads_with_norm_(dense, max_norm, total)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # clip_grads_with_norm_'s coefficient
     for p in sparse:
         p.grad.values().mul_(coef)
     return float(total)

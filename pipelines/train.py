@@ -341,14 +341,15 @@ def train_model(
     train_cfg, model_cfg = choice.train, choice.model
     logging.getLogger(__name__).info("recipe %s (%s); set: %s", choice.recipe, choice.reason, choice.applied or "-")
     # ---
-    if val_frame is None:  # the clean validation split sits next to the tokenised one (artifacts/clean)
+    clean_dir = Path(tokenised_dir).parent / "clean"  # the clean splits sit next to the tokenised ones
+    if val_frame is None:
         import pandas as pd
 
-        val_frame = pd.read_parquet(Path(tokenised_dir).parent / "clean" / "validation.parquet")
+        val_frame = pd.read_parquet(clean_dir / "validation.parquet")
     val_frame.attrs["split"] = "validation"  # as tokenise marks its splits: a task may score validation apart
 
     model = task.build_model(model_path, id2label, model_cfg)
-    clean_train = Path(tokenised_dir).parent / "clean" / "train.parquet"  # the rows example_id points at
+    clean_train = clean_dir / "train.parquet"  # the rows example_id points at
     task.learn_from_training_split(model, train_rows, clean_train if clean_train.exists() else None)
     threads = configure_threads(train_cfg.num_threads, idle_sample)
     freezing = apply_freezing(model, model_cfg)

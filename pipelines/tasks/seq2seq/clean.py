@@ -65,18 +65,20 @@ def split_by_source(
     for k, (split, fraction) in enumerate(fractions.items()):
         target, taken = max(1, math.floor(len(keys) * fraction + 0.5)), 0
         reserve = len(fractions) - k  # groups kept back: one for each later split, one for train
-        for name in list(order):
-            if taken >= target or len(order) <= reserve:
-                break
-            if abs(taken + sizes[name] - target) >= abs(target - taken):
-                continue  # overshoots by more than it fills
-            assigned[name] = split
-            taken += sizes[name]
-            order.remove(name)
-        if not taken and len(order) > reserve:  # every group is larger than twice the share: the smallest
-            name = min(order, key=lambda n: sizes[n])
-            assigned[name] = split
-            order.remove(name)
+        left: list[str] = []  # one pass, linear in the groups (a split by source has one per row)
+        for position, name in enumerate(order):
+            room = len(order) - position + len(left) > reserve
+            # a group that overshoots by more than it fills is left for later splits or train
+            if taken < target and room and abs(taken + sizes[name] - target) < abs(target - taken):
+                assigned[name] = split
+                taken += sizes[name]
+            else:
+                left.append(name)
+        if not taken and len(left) > reserve:  # every group is larger than twice the share: the smallest
+            smallest = min(left, key=lambda n: sizes[n])
+            assigned[smallest] = split
+            left.remove(smallest)
+        order = left
     for name in order:
         assigned[name] = "train"
     labels = keys.map(assigned).to_numpy()

@@ -176,6 +176,40 @@ def test_serving_module_is_torch_free_and_cheap_to_import() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_and_running_a_runtime_imports_no_torch(single_dir: Path) -> None:
+    """The tokenizer comes from its class's own module, not AutoTokenizer (whose import pulls torch in: 1.3 s of
+    every `nlpops predict` and server start)."""
+    code = (
+        "import sys; from pipelines.serving import load_runtime;"
+        f"r = load_runtime({str(single_dir)!r}); r.predict(['a fine film', 'dull']);"
+        "print(type(r.tokenizer).__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["BertTokenizer", "False"], out.stdout + out.stderr
+
+
+def test_load_tokenizer_gives_what_auto_tokenizer_gives(single_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = single_dir / serving.TOKENIZER_DIR
+    direct, auto = serving.load_tokenizer(folder), AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert type(direct) is type(auto)
+    texts, pairs = ["A fine film, 3.5 stars!", "naïve café"], ["yes", "the second text of a pair " * 20]
+    how = {"truncation": "only_second", "max_length": 24, "stride": 4, "return_overflowing_tokens": True}
+    assert direct(texts, pairs, return_offsets_mapping=True, **how) == auto(
+        texts, pairs, return_offsets_mapping=True, **how
+    )
+    assert direct.model_input_names == auto.model_input_names
+    # a class whose module cannot be found by name, or no tokenizer_config.json: AutoTokenizer decides
+    other = tmp_path / "other"
+    auto.save_pretrained(other)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "NoSuchTokenizer"}))
+    fallback = serving.load_tokenizer(other)
+    assert type(fallback) is type(AutoTokenizer.from_pretrained(other, local_files_only=True))
+    assert fallback(texts)["input_ids"] == auto(texts)["input_ids"]
+
+
 @pytest.fixture
 def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     import mlflow

@@ -195,6 +195,7 @@ def gate_exp(project: Path, epoch_exp) -> subprocess.CompletedProcess[str]:
     return dvc(project, "exp", "run", "-S", "gate.min_score=0.01")
 
 
+@pytest.mark.slow  # a second `dvc exp run` (15 s); the data-change one above stays in make test
 def test_exp_run_on_the_gate_section_reruns_evaluate_and_register_only(project: Path, raw_md5, gate_exp):
     assert gate_exp.returncode == 0, gate_exp.stdout[-3000:] + gate_exp.stderr[-3000:]
     for stage in (*UPSTREAM, "train", "export"):

@@ -174,6 +174,7 @@ def test_dvc_repro_after_a_run_does_nothing(project: Path, first_run) -> None:
     assert "Running stage" not in done.stdout
 
 
+@pytest.mark.slow  # a second experiment trains a second model in the same project (28 s): make test-all
 def test_another_experiment_leaves_the_first_cached_and_every_command_reaches_both(project: Path, first_run) -> None:
     """Two experiments in one project (a named experiment with its own artifacts dir and model): running the
     second evicts nothing of the first, and the model-facing verbs reach either model by -e or --model."""

@@ -256,6 +256,8 @@ def postgres_mlflow_server(tmp_path: Path):
         admin.close()
 
 
+@pytest.mark.slow  # an MLflow server on PostgreSQL (17 s); the same race on SQLite with the file lock, and its
+# lock-less control, stay in make test; test_services_schedule runs the servers on PostgreSQL
 def test_concurrent_promotions_behind_an_mlflow_server_on_postgresql(postgres_mlflow_server, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 

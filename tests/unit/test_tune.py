@@ -178,6 +178,7 @@ print(json.dumps({"created": created, "parent": parent, "ran": [o["number"] for 
 """
 
 
+@pytest.mark.slow  # two tuning processes (14 s); the single-process trials stay in make test
 def test_two_processes_join_one_study_on_sqlite(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two processes started together on the default storage (SQLite under the state dir): one creates the study
     and its parent run, the other joins both; together they run the study's 4 trials, each trial once."""

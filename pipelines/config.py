@@ -540,6 +540,16 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _curriculum_within_training(self) -> Params:
+        first = int(getattr(self.task, "answerable_only_epochs", 0) or 0)
+        if first and first >= self.train.epochs:
+            raise ValueError(
+                f"task.answerable_only_epochs={first} leaves no epoch for the unanswerable questions: it must be "
+                f"below train.epochs={self.train.epochs}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metrics_known_to_task(self) -> Params:
         allowed = task_metric_names(self.task.type)
         quoted = ", ".join(repr(m) for m in allowed)

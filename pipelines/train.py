@@ -81,6 +81,15 @@ def training_batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[l
     return random_batches(len(lengths), cfg.batch_size, seed)
 
 
+def _epoch_batches(task: Task, rows: dict[str, list], cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """The epoch's batches over the features the task trains on in that epoch (all by default)."""
+    keep = task.epoch_training_rows(rows, epoch)
+    if keep is None:
+        return training_batches(rows["length"], cfg, epoch)
+    batches = training_batches([rows["length"][i] for i in keep], cfg, epoch)
+    return [[keep[j] for j in batch] for batch in batches]
+
+
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     order = np.random.default_rng(seed).permutation(n)
     return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
@@ -363,7 +372,7 @@ def train_model(
 
     distributed.seed_rank(train_cfg.seed)
     # Every epoch's batches up front: with a token budget their number varies, and the schedule needs the total.
-    epoch_batches = {e: training_batches(train_rows["length"], train_cfg, e) for e in range(1, train_cfg.epochs + 1)}
+    epoch_batches = {e: _epoch_batches(task, train_rows, train_cfg, e) for e in range(1, train_cfg.epochs + 1)}
     total_steps = sum(len(b) for b in epoch_batches.values())
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)

@@ -130,6 +130,12 @@ class Task(ABC):
         the output vocabulary); none by default."""
         return None
 
+    def epoch_training_rows(self, rows: dict[str, list], epoch: int) -> list[int] | None:
+        """The training features (indices into the tokenised training split) epoch `epoch` (from 1) trains on;
+        None, the default: all of them. A curriculum (question answering: spans before 'no answer') narrows the
+        early epochs; the batches and the LR schedule are built on what each epoch gets."""
+        return None
+
     def load_trained(self, model_dir: Path) -> Any:
         """A fine-tuned checkpoint written by the train stage, in eval mode."""
         from pipelines.pretrained import load_trained_model

@@ -617,3 +617,22 @@ def test_training_windows_without_the_answer_are_down_sampled_only_in_train(tmp_
     assert len(train["input_ids"]) < len(everything["input_ids"])
     answerable = {e for e, t in enumerate(frame["answer_texts"]) if len(t)}
     assert all(s != 0 for e, s in zip(train["example_id"], train["start_positions"], strict=True) if e in answerable)
+
+
+def test_answerable_only_epochs_train_spans_first_then_every_window(tmp_path: Path) -> None:
+    from pipelines.config import TrainConfig
+    from pipelines.tasks.catalog import get_task
+    from pipelines.train import _epoch_batches
+
+    params = make_params(tmp_path, tmp_path / "x.json", task={"answerable_only_epochs": 2})
+    task = get_task(params)
+    rows = {"start_positions": [0, 5, 0, 7, 0, 9], "length": [10, 12, 11, 30, 9, 14]}
+    assert task.epoch_training_rows(rows, 1) == task.epoch_training_rows(rows, 2) == [1, 3, 5]
+    assert task.epoch_training_rows(rows, 3) is None
+    assert task.epoch_training_rows({"length": [3]}, 1) is None  # unlabelled features: nothing to narrow
+    cfg = TrainConfig(batch_size=2, epochs=3)
+    first, third = _epoch_batches(task, rows, cfg, 1), _epoch_batches(task, rows, cfg, 3)
+    assert sorted(i for b in first for i in b) == [1, 3, 5]  # indices into the whole split, answer windows only
+    assert sorted(i for b in third for i in b) == list(range(6))
+    with pytest.raises(ValueError, match=r"task.answerable_only_epochs=3 .* below train.epochs=3"):
+        make_params(tmp_path, tmp_path / "x.json", task={"answerable_only_epochs": 3}, train={"epochs": 3})

@@ -54,6 +54,14 @@ class Options(TaskOptions):
         "or none); below 1 lowers the 'no answer' prior and the cost of an epoch. The null threshold tuned on the "
         "validation split (every question kept) re-balances the decision. Validation/test keep every question.",
     )
+    answerable_only_epochs: int = Field(
+        0,
+        ge=0,
+        description="A curriculum: the first N training epochs train on the windows that hold an answer only "
+        "(spans first, as on SQuAD 1.1), the later ones on every training window kept (the unanswerable questions "
+        "and answer-less windows too). Counters the collapse to 'no answer' without dropping negatives; must be "
+        "below train.epochs.",
+    )
     answer_search_window: int = Field(
         8, ge=0, description="Clean: an answer_start off by at most this many characters is moved to the answer."
     )

@@ -115,6 +115,12 @@ class QuestionAnswering(Task):
             rows = sample_training_windows(rows, answerable, keep, keep_unanswerable=keep_unanswerable)
         return rows
 
+    def epoch_training_rows(self, rows: dict[str, list], epoch: int) -> list[int] | None:
+        """task.answerable_only_epochs: the first epochs train on the windows that hold an answer only."""
+        if epoch > self.options.answerable_only_epochs or "start_positions" not in rows:
+            return None
+        return [i for i, start in enumerate(rows["start_positions"]) if int(start) != 0]
+
     def feature_types(self) -> dict[str, Any]:
         import pyarrow as pa
 

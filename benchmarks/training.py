@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import Any
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/training.py` from anywhere
 from benchmarks.length_grouping import PadToMaxLength
 from benchmarks.little_data import SST2
 from pipelines.config import ModelConfig, TokeniseConfig, TrainConfig

@@ -40,6 +40,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def readme_env() -> dict[str, str]:
+    """`clean_env` without PYTHONPATH: a benchmark script run as the README runs it must find the repo's modules
+    itself."""
+    return {k: v for k, v in clean_env().items() if k != "PYTHONPATH"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
+from conftest import readme_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_flow_benchmark_smoke(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "flow.py"), "--smoke", "--out", str(tmp_path)],
-        env=clean_env(PYTHONPATH=str(REPO)),
+        env=readme_env(),
         capture_output=True,
         text=True,
         timeout=900,

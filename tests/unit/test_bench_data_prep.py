@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, clean_env, make_sentiment_rows
+from conftest import REPO, make_sentiment_rows, readme_env
 
 
 def test_data_prep_benchmark_smoke_run(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -20,7 +20,7 @@ def test_data_prep_benchmark_smoke_run(tmp_path: Path, tiny_model_dir: Path) -> 
     done = subprocess.run(
         [sys.executable, "benchmarks/data_prep.py", "--sizes", "200", "--source", str(source),
          "--tokenizer", str(tiny_model_dir), "--work-dir", str(tmp_path / "work"), "--json", str(out)],
-        cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=readme_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "peak RSS" in done.stdout and "1M" not in done.stdout  # no ratio line without the 1M size

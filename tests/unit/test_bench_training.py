@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, clean_env, make_sentiment_rows
+from conftest import REPO, make_sentiment_rows, readme_env
 
 
 def _tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -25,7 +25,7 @@ def test_training_benchmark_smoke_run(tmp_path: Path, tiny_model_dir: Path) -> N
     done = subprocess.run(
         [sys.executable, "benchmarks/training.py", "--smoke", "--model", str(tiny_model_dir), "--train", str(train),
          "--dev", str(dev), "--out", str(out), "--threads", "1"],
-        cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=readme_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "samples/s" in done.stdout and "run_glue" in done.stdout

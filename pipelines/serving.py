@@ -45,8 +45,9 @@ def load_tokenizer(folder: Path) -> Any:
     AutoTokenizer's module imports transformers' configuration code, which imports torch: 1.3 s of every
     `nlpops predict` and server start, for a runtime that never uses torch. The class named in tokenizer_config.json
     (the class AutoTokenizer would pick) is imported from its own module, transformers.models.<name>.tokenization_
-    <name>, when that module exists under the plain lower-cased name (BERT, DistilBERT, ELECTRA, RoBERTa, MPNet, T5,
-    BART, Marian, ...); any other name goes through AutoTokenizer."""
+    <name>, when that module exists under the plain lower-cased name and imports (transformers 5.23: BERT,
+    DistilBERT, RoBERTa, MPNet, ALBERT, T5, BART); any other name (ELECTRA, XLM-R, Marian) goes through
+    AutoTokenizer."""
     import importlib
 
     name = ""

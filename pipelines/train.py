@@ -373,6 +373,9 @@ def train_model(
     distributed.seed_rank(train_cfg.seed)
     # Every epoch's batches up front: with a token budget their number varies, and the schedule needs the total.
     epoch_batches = {e: _epoch_batches(task, train_rows, train_cfg, e) for e in range(1, train_cfg.epochs + 1)}
+    # A curriculum's narrowed epochs (question answering: spans before 'no answer') are not the recipe's model yet:
+    # they are scored and may be kept, but a stall there uses none of the early-stopping patience.
+    narrowed = {e for e in epoch_batches if task.epoch_training_rows(train_rows, e) is not None}
     total_steps = sum(len(b) for b in epoch_batches.values())
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)
@@ -509,7 +512,7 @@ def train_model(
                 _save_checkpoint(
                     model, model_path, out_dir, {"epoch": epoch, "step": step, metric: value, "training_state": key}
                 )
-        else:
+        elif epoch not in narrowed:
             stale += 1
             if train_cfg.early_stopping_patience and stale >= train_cfg.early_stopping_patience:
                 stopped_early = True

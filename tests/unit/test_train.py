@@ -143,6 +143,25 @@ def test_early_stopping_stops_when_validation_stalls(tokenised: Path, tiny_model
     assert out["stopped_early"] is True and out["epochs_run"] == 2 and out["best_epoch"] == 1
 
 
+def test_a_curriculums_narrowed_epochs_use_no_patience(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Epochs a task narrows (Task.epoch_training_rows) train on their rows only, and a stall there does not count
+    towards early stopping: the same stalling run as above, which stops at epoch 2, goes on to epoch 3."""
+
+    class FirstTwoOnHalf(type(TASK)):  # type: ignore[misc]
+        def epoch_training_rows(self, rows: dict, epoch: int) -> list[int] | None:
+            return list(range(0, len(rows["length"]), 2)) if epoch <= 2 else None
+
+    task = FirstTwoOnHalf(TASK.params)
+    cfg = TrainConfig(
+        epochs=6, learning_rate=1e-12, batch_size=16, early_stopping_patience=1, early_stopping_metric="accuracy"
+    )
+    out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), task, 0)
+    assert out["stopped_early"] is True and out["epochs_run"] == 3 and out["best_epoch"] == 1
+    steps = [record["step"] for record in out["history"]]
+    full = steps[2] - steps[1]
+    assert steps[0] == steps[1] - steps[0] < full  # the narrowed epochs ran fewer batches
+
+
 def test_max_steps_and_max_train_rows_bound_a_quick_run(tokenised: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, batch_size=4, max_steps=5, max_train_rows=40)
     out = train_model(tokenised, ID2LABEL, tiny_model_dir, tmp_path / "model", cfg, ModelConfig(), TASK, 0)

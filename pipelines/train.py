@@ -81,12 +81,11 @@ def training_batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[l
     return random_batches(len(lengths), cfg.batch_size, seed)
 
 
-def _epoch_batches(task: Task, rows: dict[str, list], cfg: TrainConfig, epoch: int) -> list[list[int]]:
-    """The epoch's batches over the features the task trains on in that epoch (all by default)."""
-    keep = task.epoch_training_rows(rows, epoch)
+def _epoch_batches(lengths: list[int], keep: list[int] | None, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """The epoch's batches over the features `keep` (Task.epoch_training_rows; None: all of them)."""
     if keep is None:
-        return training_batches(rows["length"], cfg, epoch)
-    batches = training_batches([rows["length"][i] for i in keep], cfg, epoch)
+        return training_batches(lengths, cfg, epoch)
+    batches = training_batches([lengths[i] for i in keep], cfg, epoch)
     return [[keep[j] for j in batch] for batch in batches]
 
 
@@ -372,10 +371,11 @@ def train_model(
 
     distributed.seed_rank(train_cfg.seed)
     # Every epoch's batches up front: with a token budget their number varies, and the schedule needs the total.
-    epoch_batches = {e: _epoch_batches(task, train_rows, train_cfg, e) for e in range(1, train_cfg.epochs + 1)}
+    kept = {e: task.epoch_training_rows(train_rows, e) for e in range(1, train_cfg.epochs + 1)}
+    epoch_batches = {e: _epoch_batches(train_rows["length"], keep, train_cfg, e) for e, keep in kept.items()}
     # A curriculum's narrowed epochs (question answering: spans before 'no answer') are not the recipe's model yet:
     # they are scored and may be kept, but a stall there uses none of the early-stopping patience.
-    narrowed = {e for e in epoch_batches if task.epoch_training_rows(train_rows, e) is not None}
+    narrowed = {e for e, keep in kept.items() if keep is not None}
     total_steps = sum(len(b) for b in epoch_batches.values())
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)

@@ -631,7 +631,8 @@ def test_answerable_only_epochs_train_spans_first_then_every_window(tmp_path: Pa
     assert task.epoch_training_rows(rows, 3) is None
     assert task.epoch_training_rows({"length": [3]}, 1) is None  # unlabelled features: nothing to narrow
     cfg = TrainConfig(batch_size=2, epochs=3)
-    first, third = _epoch_batches(task, rows, cfg, 1), _epoch_batches(task, rows, cfg, 3)
+    first = _epoch_batches(rows["length"], task.epoch_training_rows(rows, 1), cfg, 1)
+    third = _epoch_batches(rows["length"], task.epoch_training_rows(rows, 3), cfg, 3)
     assert sorted(i for b in first for i in b) == [1, 3, 5]  # indices into the whole split, answer windows only
     assert sorted(i for b in third for i in b) == list(range(6))
     with pytest.raises(ValueError, match=r"task.answerable_only_epochs=3 .* below train.epochs=3"):

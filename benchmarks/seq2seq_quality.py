@@ -161,11 +161,12 @@ def main() -> None:
         }
     )
     task = get_task(params)
-    summary = task.clean_data(work / "clean")  # validation cut from train by source; dev.jsonl is the test split
+    clean_dir = work / "clean"
+    summary = task.clean_data(clean_dir)  # validation cut from train by source; dev.jsonl is the test split
     frames, rows = {}, {}
     tokenizer = task.tokenizer()
     for split in ("train", "validation", "test"):
-        frame = pd.read_parquet(work / "clean" / f"{split}.parquet")
+        frame = pd.read_parquet(clean_dir / f"{split}.parquet")
         frame.attrs["split"] = split
         frames[split], rows[split] = frame, task.tokenise(tokenizer, frame, params.tokenise)
     pad = int(tokenizer.pad_token_id or 0)
@@ -176,10 +177,10 @@ def main() -> None:
         args.epochs = 0
         if task.options.output_vocabulary and getattr(model.config, VOCABULARY_ATTR, None) is None:
             # a model saved without one: learn it now
-            task.learn_from_training_split(model, rows["train"], work / "clean" / "train.parquet")
+            task.learn_from_training_split(model, rows["train"], clean_dir / "train.parquet")
     else:
         model = task.build_model(bundled_model_path(), {}, params.model)
-        task.learn_from_training_split(model, rows["train"], work / "clean" / "train.parquet")
+        task.learn_from_training_split(model, rows["train"], clean_dir / "train.parquet")
     train_cfg = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, warmup_ratio=args.warmup)
     optimizer = finetuning.build_optimizer(model, train_cfg)
     steps_per_epoch = (len(rows["train"]["input_ids"]) + args.batch_size - 1) // args.batch_size
